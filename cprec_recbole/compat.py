@@ -1,0 +1,57 @@
+"""RecBole 1.2.1 on today's stack, applied once on import.
+
+We pin ``numpy<2 pandas<3`` (RecBole reads ``np.float_`` and relies on ``fillna(inplace=True)``
+without copy-on-write), so only what pins cannot fix lives here:
+- torch >= 2.6 loads with ``weights_only=True``; RecBole pickles its ``Config`` into checkpoints, so
+  our trainer loads them with :func:`load_checkpoint`.
+- RecBole's ``Config`` parses ``sys.argv`` (pytest's or our CLI's flags leak in): :func:`no_argv`.
+- RecBole's ``Trainer`` writes ``log_tensorboard/`` into the working directory:
+  :func:`tensorboard_under` routes it under our output dir.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def apply() -> None:
+    """Silence warnings RecBole triggers on every import with current pandas/torch."""
+    warnings.filterwarnings("ignore", category=FutureWarning, module="recbole")
+    warnings.filterwarnings("ignore", message=".*TripleDES.*")
+
+
+def load_checkpoint(path: str | Path, device: Any = "cpu") -> dict:
+    """Load a RecBole checkpoint (it contains a pickled Config, so weights_only cannot be used)."""
+    return torch.load(path, map_location=device, weights_only=False)
+
+
+@contextlib.contextmanager
+def no_argv() -> Iterator[None]:
+    """Hide command-line flags from RecBole's Config, which would parse them as config keys."""
+    saved = sys.argv
+    sys.argv = saved[:1] or ["cprec_recbole"]
+    try:
+        yield
+    finally:
+        sys.argv = saved
+
+
+@contextlib.contextmanager
+def tensorboard_under(log_dir: Path) -> Iterator[None]:
+    """Make RecBole's Trainer create its SummaryWriter in ``log_dir`` instead of the cwd."""
+    import recbole.trainer.trainer as trainer_module
+    from torch.utils.tensorboard import SummaryWriter
+
+    original = trainer_module.get_tensorboard
+    trainer_module.get_tensorboard = lambda logger: SummaryWriter(str(log_dir))
+    try:
+        yield
+    finally:
+        trainer_module.get_tensorboard = original

@@ -1,0 +1,97 @@
+"""Layered configuration, RecBole's way: overall -> model -> dataset -> files -> command line."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cprec_recbole.errors import ConfigError
+
+PROPERTIES = Path(__file__).resolve().parent.parent / "properties"
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads ``1e-3`` as a float (plain YAML 1.1 wants ``1.0e-3``)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+][0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.VERBOSE,
+    ),
+    list("-+0123456789."),
+)
+
+
+def parse_value(text: str) -> Any:
+    """Read one ``--key=value`` value as YAML: numbers, booleans, lists and dicts work."""
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError:
+        return text
+
+
+def read_yaml(path: Path) -> dict:
+    """Read a YAML mapping; errors name the file and line."""
+    try:
+        data = yaml.load(Path(path).read_text(encoding="utf-8"), Loader=_Loader)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of keys to values")
+    return data
+
+
+def dataset_properties(dataset: str) -> Path:
+    return PROPERTIES / "dataset" / f"{dataset}.yaml"
+
+
+def model_properties(model: str, cls: type | None = None) -> Path:
+    own = getattr(cls, "properties", None)
+    return Path(own) if own else PROPERTIES / "model" / f"{model}.yaml"
+
+
+def load_config(
+    model: str,
+    dataset: str,
+    model_cls: type | None = None,
+    config_files: Iterable[str | Path] = (),
+    overrides: Mapping[str, Any] | None = None,
+) -> dict:
+    """Merge the layers into one flat dict; later layers win."""
+    layers = [PROPERTIES / "overall.yaml", model_properties(model, model_cls)]
+    layers.append(dataset_properties(dataset))
+    config: dict[str, Any] = {}
+    for path in layers:
+        if path.is_file():
+            config.update(read_yaml(path))
+    for path in config_files:
+        config.update(read_yaml(Path(path)))
+    config.update(overrides or {})
+    config["model"] = model
+    config["dataset"] = dataset
+    return config
+
+
+def parse_overrides(args: Iterable[str]) -> dict[str, Any]:
+    """``--key=value`` pairs into a dict; anything else is an error naming the argument."""
+    out: dict[str, Any] = {}
+    for arg in args:
+        if not arg.startswith("--") or "=" not in arg:
+            raise ConfigError(f"cannot read argument {arg!r}: expected --key=value")
+        key, value = arg[2:].split("=", 1)
+        out[key] = parse_value(value)
+    return out

@@ -1,0 +1,1 @@
+"""Domains, protocol transforms, candidate sets and CPT corpora."""

@@ -1,0 +1,173 @@
+"""The data stage: domain -> k-core + user sample -> chronological split -> fixed candidate sets.
+
+Its folder holds what every model reads: RecBole atomic files whose ``timestamp`` is the
+chronological position (so RecBole's own sort reproduces our order exactly, ties included), the
+item titles, and the persisted candidate sets of the valid and test splits.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from cprec_recbole.config import PROPERTIES
+from cprec_recbole.data.candidates import (
+    draw_candidate_sets,
+    load_candidate_sets,
+    save_candidate_sets,
+)
+from cprec_recbole.data.domain import AtomicFileDomain, not_found_message
+from cprec_recbole.data.transforms import k_core, leave_one_out, sample_users, user_sequences
+from cprec_recbole.errors import DataError
+from cprec_recbole.io import write_atomic
+from cprec_recbole.plugins import Plugins, unknown_name
+from cprec_recbole.stages import run_stage
+
+logger = logging.getLogger(__name__)
+SPLITS = ("valid", "test")
+DATA_KEYS = (
+    "domain",
+    "k_core",
+    "user_sample_num",
+    "user_sample_ratio",
+    "data_seed",
+    "eval_seed",
+    "num_negatives",
+    "candidate_sampler",
+)
+
+
+@dataclass
+class PreparedData:
+    """A prepared dataset: its folder, interactions, titles, sequences and candidate sets."""
+
+    name: str
+    folder: Path
+    inter: pd.DataFrame
+    items: pd.DataFrame
+    history_len: int
+
+    @property
+    def sequences(self) -> pd.Series:
+        return user_sequences(self.inter)
+
+    def candidate_path(self, split: str) -> Path:
+        return self.folder / "candidates" / f"{split}.tsv"
+
+    def eval_rows(self, split: str) -> pd.DataFrame:
+        """user_id, history (last ``history_len`` items), target, candidates of one split."""
+        rows = leave_one_out(self.sequences, split, self.history_len)
+        sets = load_candidate_sets(self.candidate_path(split))
+        merged = rows.merge(sets, on=["user_id", "target"], how="inner", validate="1:1")
+        if len(merged) != len(sets):
+            raise DataError(f"{self.candidate_path(split)} does not match the {split} split")
+        return merged
+
+
+def resolve_domain(config: dict, plugins: Plugins):
+    """The dataset's domain: a registered one, or atomic files under ``data_path``."""
+    name = config.get("domain") or config["dataset"]
+    if name in plugins.domains:
+        return plugins.domains.get(name)
+    domain = AtomicFileDomain(name)
+    if domain.exists(config["data_path"]):
+        return domain
+    data_path = Path(config["data_path"])
+    known = set(plugins.domains.names()) | {p.stem for p in (PROPERTIES / "dataset").glob("*.yaml")}
+    if data_path.is_dir():
+        known |= {p.name for p in data_path.iterdir() if (p / f"{p.name}.inter").is_file()}
+    raise unknown_name("dataset", name, known, hint=not_found_message(name, domain.paths(data_path)[0]))
+
+
+def _fingerprint(domain, config: dict) -> object:
+    if isinstance(domain, AtomicFileDomain):
+        return [
+            [str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns]
+            for p in domain.paths(config["data_path"])
+        ]
+    return getattr(domain, "fingerprint", lambda c: repr(domain))(config)
+
+
+def _check_ids(inter: pd.DataFrame, name: str) -> None:
+    for column in ("user_id", "item_id"):
+        bad = inter[column].str.contains(r"\s", regex=True)
+        if bad.any():
+            raise DataError(
+                f"{name}: {column} {inter.loc[bad.idxmax(), column]!r} contains whitespace; "
+                "ids must be single tokens"
+            )
+
+
+def _build(folder: Path, config: dict, domain, plugins: Plugins) -> dict:
+    name = config["dataset"]
+    inter, items = domain.load(config)
+    _check_ids(inter, name)
+    inter = sample_users(
+        inter, config.get("user_sample_num"), config.get("user_sample_ratio"), config["data_seed"]
+    )
+    inter = k_core(inter, int(config["k_core"]), name)
+    items = items[items["item_id"].isin(inter["item_id"])].sort_values("item_id")
+    atomic = inter[["user_id", "item_id"]].assign(
+        timestamp=range(len(inter)), time=inter["timestamp"].to_numpy()
+    )
+    atomic.columns = ["user_id:token", "item_id:token", "timestamp:float", "time:float"]
+    write_atomic(
+        folder / name / f"{name}.inter",
+        lambda tmp: atomic.to_csv(tmp, sep="\t", index=False, quoting=csv.QUOTE_NONE),
+    )
+    write_atomic(
+        folder / "items.tsv",
+        lambda tmp: items.to_csv(tmp, sep="\t", index=False, quoting=csv.QUOTE_NONE),
+    )
+    sampler = plugins.candidate_samplers.get(config["candidate_sampler"])
+    sequences = user_sequences(inter)
+    for offset, split in enumerate(SPLITS):
+        rows = leave_one_out(sequences, split, int(config["history_len"]))
+        sets = draw_candidate_sets(
+            inter, rows, int(config["num_negatives"]), int(config["eval_seed"]) + offset, sampler
+        )
+        save_candidate_sets(folder / "candidates" / f"{split}.tsv", sets)
+    return {
+        "users": int(inter["user_id"].nunique()),
+        "items": int(inter["item_id"].nunique()),
+        "interactions": len(inter),
+    }
+
+
+def _read(folder: Path, name: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    atomic = pd.read_csv(
+        folder / name / f"{name}.inter", sep="\t", dtype=str, quoting=csv.QUOTE_NONE,
+        keep_default_na=False,
+    )
+    inter = pd.DataFrame(
+        {
+            "user_id": atomic["user_id:token"],
+            "item_id": atomic["item_id:token"],
+            "timestamp": atomic["time:float"].astype(float),
+        }
+    )
+    items = pd.read_csv(
+        folder / "items.tsv", sep="\t", dtype=str, quoting=csv.QUOTE_NONE, keep_default_na=False
+    )
+    return inter, items
+
+
+def prepare(config: dict, plugins: Plugins, force: bool = False) -> PreparedData:
+    """Run (or reuse) the data stage for ``config['dataset']``."""
+    domain = resolve_domain(config, plugins)
+    keys = {k: config.get(k) for k in DATA_KEYS}
+    keys["dataset"] = config["dataset"]
+    keys["source"] = _fingerprint(domain, config)
+    folder = run_stage(
+        "data",
+        keys,
+        config["output_dir"],
+        lambda folder: _build(folder, config, domain, plugins),
+        force=force,
+    )
+    inter, items = _read(folder, config["dataset"])
+    return PreparedData(config["dataset"], folder, inter, items, int(config["history_len"]))

@@ -1,0 +1,69 @@
+"""Candidate-set metrics shared by every model, ID or LLM.
+
+Every model produces, per user, the 0-based rank of the positive among its candidates, or -1 when
+its answer named no candidate (an LLM's invalid answer counts as a miss everywhere).
+"""
+
+from __future__ import annotations
+
+from itertools import pairwise
+
+import numpy as np
+import pandas as pd
+
+INVALID = -1
+
+
+def ranks_from_scores(scores: np.ndarray, target_index: np.ndarray) -> np.ndarray:
+    """Rank of the positive among each row's scores; ties count against it (pessimistic)."""
+    positive = np.take_along_axis(scores, target_index[:, None], axis=1)
+    ahead = (scores >= positive).sum(axis=1) - 1
+    return ahead.astype(np.int64)
+
+
+def rank_metrics(ranks: np.ndarray, ks: tuple[int, ...] = (1, 3, 5)) -> dict[str, float]:
+    """HR@k and NDCG@k (k > 1) over all users; invalid answers are misses."""
+    ranks = np.asarray(ranks)
+    valid = ranks != INVALID
+    out: dict[str, float] = {}
+    for k in ks:
+        hit = valid & (ranks < k)
+        out[f"hr@{k}"] = float(hit.mean()) if len(ranks) else 0.0
+        if k > 1:
+            gain = np.where(hit, 1.0 / np.log2(np.where(valid, ranks, 0) + 2.0), 0.0)
+            out[f"ndcg@{k}"] = float(gain.mean()) if len(ranks) else 0.0
+    return out
+
+
+def sparsity_bucket(history_len: np.ndarray, edges: list[int]) -> np.ndarray:
+    """Label each user by history length: ``[a,b)`` for consecutive edges, ``[last,..)`` at the end."""
+    labels = [f"[{a},{b})" for a, b in pairwise(edges)] + [f"[{edges[-1]},..)"]
+    index = np.searchsorted(np.asarray(edges), history_len, side="right") - 1
+    return np.where(index >= 0, np.asarray(labels)[np.clip(index, 0, None)], f"<{edges[0]}")
+
+
+def evaluate_ranks(
+    ranks: np.ndarray,
+    history_len: np.ndarray,
+    edges: list[int],
+    valid: np.ndarray | None = None,
+    ks: tuple[int, ...] = (1, 3, 5),
+) -> dict[str, float]:
+    """All metrics, overall and per sparsity bucket.
+
+    ``valid`` marks answers naming exactly one candidate (LLM ``generate``); ``hr@1_of_valid`` is
+    LLaRA's correct / valid, reported beside ``hr@1`` = correct / all.
+    """
+    ranks = np.asarray(ranks)
+    valid = np.ones(len(ranks), dtype=bool) if valid is None else np.asarray(valid)
+    out = rank_metrics(ranks, ks)
+    out["valid_ratio"] = float(valid.mean()) if len(ranks) else 0.0
+    correct = (ranks == 0).sum()
+    out["hr@1_of_valid"] = float(correct / valid.sum()) if valid.any() else 0.0
+    out["users"] = len(ranks)
+    buckets = pd.Series(sparsity_bucket(np.asarray(history_len), edges))
+    for label, index in buckets.groupby(buckets).groups.items():
+        part = rank_metrics(ranks[np.asarray(index)], (1,))
+        out[f"hr@1{label}"] = part["hr@1"]
+        out[f"users{label}"] = len(index)
+    return out

@@ -1,0 +1,1 @@
+"""Models added on top of RecBole's own (one model per file)."""

@@ -1,0 +1,71 @@
+"""``run(model, dataset, ...)``: resolve the model's stages, run or reuse them, report results."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from recbole.model.abstract_recommender import SequentialRecommender
+
+from cprec_recbole.config import load_config, read_yaml
+from cprec_recbole.data.prepare import prepare
+from cprec_recbole.logs import setup_logging
+from cprec_recbole.plugins import Plugins, load_plugins
+from cprec_recbole.rec_model import train_rec_model
+from cprec_recbole.results import table, write_results
+
+logger = logging.getLogger(__name__)
+
+
+def plugin_paths(
+    plugin_files: Iterable[str | Path], config_files: Iterable[str | Path], overrides: Mapping
+) -> list[str]:
+    """Plugin files named by ``--plugin`` and by the ``plugins:`` key of config files or overrides."""
+    paths = [str(p) for p in plugin_files]
+    for path in config_files:
+        paths += [str(p) for p in read_yaml(Path(path)).get("plugins") or []]
+    value = overrides.get("plugins") or []
+    return paths + [str(p) for p in ([value] if isinstance(value, str) else value)]
+
+
+def build_config(
+    model: str,
+    dataset: str,
+    plugins: Plugins,
+    config_files: Iterable[str | Path] = (),
+    overrides: Mapping[str, Any] | None = None,
+) -> dict:
+    """The merged config for ``model`` on ``dataset`` (the model name must be registered)."""
+    model_cls = plugins.models.get(model)
+    return load_config(model, dataset, model_cls, config_files, overrides)
+
+
+def run(
+    model: str,
+    dataset: str,
+    config_files: Iterable[str | Path] = (),
+    overrides: Mapping[str, Any] | None = None,
+    plugin_files: Iterable[str | Path] = (),
+    force: Iterable[str] = (),
+) -> dict:
+    """Run ``model`` on ``dataset`` end to end; returns the results dict (valid and test metrics)."""
+    overrides = dict(overrides or {})
+    config_files = list(config_files)
+    plugins = load_plugins(plugin_paths(plugin_files, config_files, overrides))
+    config = build_config(model, dataset, plugins, config_files, overrides)
+    setup_logging(Path(config["output_dir"]) / "log", f"{model}-{dataset}")
+    force = set(force)
+    data = prepare(config, plugins, force="data" in force)
+    model_cls = plugins.models.get(model)
+    if isinstance(model_cls, type) and issubclass(model_cls, SequentialRecommender):
+        folder = train_rec_model(model_cls, config, data, force="rec_model" in force)
+    else:
+        folder = model_cls.run(config, data, plugins, force)
+    results = json.loads((folder / "results.json").read_text())
+    write_results(folder, results)
+    logger.info("results in %s\n%s", folder, table(results))
+    results["folder"] = str(folder)
+    return results

@@ -1,0 +1,96 @@
+"""The ID-model stage: train a RecBole sequential model, early-stop on valid hr@1, test it.
+
+Its folder keeps the best checkpoint (``model.pth``), the results and per-user ranks, so LLaRA can
+reuse the SASRec it trained for its item embeddings.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from recbole.config import Config
+from recbole.data import create_dataset, data_preparation
+from recbole.utils import init_seed
+
+from cprec_recbole.compat import no_argv
+from cprec_recbole.data.prepare import PreparedData
+from cprec_recbole.io import write_json
+from cprec_recbole.stages import peak_memory_mb, run_stage
+from cprec_recbole.trainer import CandidateEvalData, CandidateTrainer
+
+logger = logging.getLogger(__name__)
+#: Keys that describe where things live or how they are shown, not what is computed.
+NOT_HASHED = {"output_dir", "data_path", "show_progress", "plugins", "state", "gpu_id", "force"}
+
+
+def recbole_config(model_cls: type, config: dict, data: PreparedData, folder: Path) -> Config:
+    """RecBole's Config for the prepared dataset; our chronological order survives its sort."""
+    overrides = {
+        **config,
+        "data_path": str(data.folder),
+        "dataset": data.name,
+        "checkpoint_dir": str(folder),
+        "load_col": {"inter": ["user_id", "item_id", "timestamp"]},
+        "MAX_ITEM_LIST_LENGTH": int(config["history_len"]),
+        "eval_args": {"split": {"LS": "valid_and_test"}, "order": "TO", "mode": "full"},
+        "valid_metric": "hr@1",
+    }
+    overrides.pop("model", None)
+    with no_argv():
+        return Config(model=model_cls, dataset=data.name, config_dict=overrides)
+
+
+def _train(model_cls: type, config: dict, data: PreparedData, folder: Path) -> dict:
+    rb_config = recbole_config(model_cls, config, data, folder)
+    init_seed(rb_config["seed"], rb_config["reproducibility"])
+    dataset = create_dataset(rb_config)
+    train_data, _, _ = data_preparation(rb_config, dataset)
+    init_seed(rb_config["seed"] + rb_config["local_rank"], rb_config["reproducibility"])
+    model = model_cls(rb_config, train_data._dataset).to(rb_config["device"])
+    edges = list(config["sparsity_buckets"])
+    trainer = CandidateTrainer(rb_config, model, folder, edges)
+    max_len = int(config["history_len"])
+    valid = CandidateEvalData.build(data.eval_rows("valid"), dataset, max_len)
+    test_rows = data.eval_rows("test")
+    test = CandidateEvalData.build(test_rows, dataset, max_len)
+    start = time.time()
+    show = bool(config.get("show_progress", True))
+    trainer.fit(train_data, valid, saved=True, show_progress=show)
+    train_time = time.time() - start
+    test_result = trainer.evaluate(test, load_best_model=True, show_progress=show)
+    pd.DataFrame(
+        {"user_id": test.user_ids, "rank": trainer.last_ranks, "history_len": test.item_seq_len}
+    ).to_csv(folder / "test_ranks.tsv", sep="\t", index=False)
+    results = {
+        "model": config["model"],
+        "dataset": config["dataset"],
+        "valid": trainer.best_valid_result,
+        "test": test_result,
+        "train_time_s": round(train_time, 1),
+        "peak_memory_mb": peak_memory_mb(),
+    }
+    write_json(folder / "results.json", results)
+    return results
+
+
+def train_rec_model(
+    model_cls: type, config: dict, data: PreparedData, force: bool = False
+) -> Path:
+    """Run (or reuse) the ``rec_model`` stage for this model, dataset and hyperparameters."""
+    keys = {k: v for k, v in sorted(config.items()) if k not in NOT_HASHED}
+    keys["data_stage"] = data.folder.name
+    return run_stage(
+        "rec_model",
+        keys,
+        config["output_dir"],
+        lambda folder: _train(model_cls, config, data, folder),
+        force=force,
+    )
+
+
+def test_ranks(folder: Path) -> np.ndarray:
+    return pd.read_csv(folder / "test_ranks.tsv", sep="\t")["rank"].to_numpy()
