@@ -1,0 +1,1 @@
+"""The LLM side: backbones, prompts, projector, batching, training and inference."""
