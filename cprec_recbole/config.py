@@ -59,9 +59,18 @@ def dataset_properties(dataset: str) -> Path:
     return PROPERTIES / "dataset" / f"{dataset}.yaml"
 
 
-def model_properties(model: str, cls: type | None = None) -> Path:
+def model_properties(model: str, cls: type | None = None) -> list[Path]:
+    """Model defaults, base classes first: a subclass of SASRec starts from SASRec's YAML.
+
+    Looks in our ``properties/model/`` and RecBole's own; ``cls.properties`` names a file too.
+    """
+    import recbole
+
+    roots = [Path(recbole.__file__).parent / "properties" / "model", PROPERTIES / "model"]
+    names = [c.__name__ for c in reversed(cls.__mro__)] if isinstance(cls, type) else []
+    paths = [root / f"{name}.yaml" for name in dict.fromkeys([*names, model]) for root in roots]
     own = getattr(cls, "properties", None)
-    return Path(own) if own else PROPERTIES / "model" / f"{model}.yaml"
+    return paths + ([Path(own)] if own else [])
 
 
 def load_config(
@@ -72,8 +81,11 @@ def load_config(
     overrides: Mapping[str, Any] | None = None,
 ) -> dict:
     """Merge the layers into one flat dict; later layers win."""
-    layers = [PROPERTIES / "overall.yaml", model_properties(model, model_cls)]
-    layers.append(dataset_properties(dataset))
+    layers = [
+        PROPERTIES / "overall.yaml",
+        *model_properties(model, model_cls),
+        dataset_properties(dataset),
+    ]
     config: dict[str, Any] = {}
     for path in layers:
         if path.is_file():

@@ -70,6 +70,7 @@ def _train(model_cls: type, config: dict, data: PreparedData, folder: Path) -> d
         "dataset": config["dataset"],
         "valid": trainer.best_valid_result,
         "test": test_result,
+        "candidates_sha256": data.candidate_digests(),
         "train_time_s": round(train_time, 1),
         "peak_memory_mb": peak_memory_mb(),
     }

@@ -13,9 +13,9 @@ from recbole.data import create_dataset, data_preparation
 from recbole.trainer import Trainer
 from recbole.utils import init_seed
 
+from cprec_recbole.config import model_properties
 from cprec_recbole.models.cl4srec import CL4SRec
 
-REPO = Path(__file__).resolve().parents[1]
 N_USERS, N_INTER, N_ITEMS = 30, 8, 40
 MAX_LEN = 10
 
@@ -40,7 +40,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> dict:
         config = Config(
             model=CL4SRec,
             dataset="tiny",
-            config_file_list=[str(REPO / "properties/model/CL4SRec.yaml")],
+            config_file_list=[str(p) for p in model_properties("CL4SRec", CL4SRec) if p.is_file()],
             config_dict={
                 "data_path": str(root),
                 "checkpoint_dir": str(root / "saved"),

@@ -87,6 +87,12 @@ def read_atomic(path: Path, fields: dict[str, str]) -> pd.DataFrame:
     return frame.reset_index(drop=True)
 
 
+def files_fingerprint(paths) -> list:
+    return [
+        [str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in paths if p.is_file()
+    ]
+
+
 def not_found_message(name: str, looked_up: Path) -> str:
     return (
         f"dataset {name!r} not found: looked for {looked_up}. Provide RecBole atomic files "
@@ -107,6 +113,10 @@ class AtomicFileDomain:
 
     def exists(self, data_path: str | Path) -> bool:
         return self.paths(data_path)[0].is_file()
+
+    def fingerprint(self, config: dict) -> list:
+        """What identifies the data: the files' paths, sizes and modification times."""
+        return files_fingerprint(self.paths(config["data_path"]))
 
     def load(self, config: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
         inter_path, item_path = self.paths(config["data_path"])

@@ -8,6 +8,7 @@ item titles, and the persisted candidate sets of the valid and test splits.
 from __future__ import annotations
 
 import csv
+import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +59,13 @@ class PreparedData:
     def candidate_path(self, split: str) -> Path:
         return self.folder / "candidates" / f"{split}.tsv"
 
+    def candidate_digests(self) -> dict[str, str]:
+        """sha256 of each persisted candidate file, recorded in every model's results."""
+        return {
+            split: hashlib.sha256(self.candidate_path(split).read_bytes()).hexdigest()
+            for split in SPLITS
+        }
+
     def eval_rows(self, split: str) -> pd.DataFrame:
         """user_id, history (last ``history_len`` items), target, candidates of one split."""
         rows = leave_one_out(self.sequences, split, self.history_len)
@@ -81,15 +89,6 @@ def resolve_domain(config: dict, plugins: Plugins):
     if data_path.is_dir():
         known |= {p.name for p in data_path.iterdir() if (p / f"{p.name}.inter").is_file()}
     raise unknown_name("dataset", name, known, hint=not_found_message(name, domain.paths(data_path)[0]))
-
-
-def _fingerprint(domain, config: dict) -> object:
-    if isinstance(domain, AtomicFileDomain):
-        return [
-            [str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns]
-            for p in domain.paths(config["data_path"])
-        ]
-    return getattr(domain, "fingerprint", lambda c: repr(domain))(config)
 
 
 def _check_ids(inter: pd.DataFrame, name: str) -> None:
@@ -161,7 +160,8 @@ def prepare(config: dict, plugins: Plugins, force: bool = False) -> PreparedData
     domain = resolve_domain(config, plugins)
     keys = {k: config.get(k) for k in DATA_KEYS}
     keys["dataset"] = config["dataset"]
-    keys["source"] = _fingerprint(domain, config)
+    # A domain without a fingerprint is identified by its name only: edits to its files go unseen.
+    keys["source"] = domain.fingerprint(config) if hasattr(domain, "fingerprint") else repr(domain)
     folder = run_stage(
         "data",
         keys,

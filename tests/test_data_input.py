@@ -1,0 +1,105 @@
+"""Bad input gets a clear error naming the file, line or key; good but odd input is read right."""
+
+from __future__ import annotations
+
+import pytest
+
+from cprec_recbole.data.domain import INTER_FIELDS, ITEM_FIELDS, AtomicFileDomain, read_atomic
+from cprec_recbole.data.prepare import prepare
+from cprec_recbole.errors import DataError
+from cprec_recbole.plugins import UnknownNameError
+from cprec_recbole.quick_start import build_config
+from tests.conftest import INTER_HEADER, ITEM_HEADER, cyclic_sequences, write_dataset
+
+
+def test_wrong_column_count_in_inter_names_file_and_line(tmp_path):
+    path = tmp_path / "x.inter"
+    path.write_text(f"{INTER_HEADER}\nu1\ti1\t1\nu1\ti2\t2\textra\n")
+    with pytest.raises(DataError, match=r"x\.inter:3: expected 3 tab-separated fields"):
+        read_atomic(path, INTER_FIELDS)
+
+
+def test_missing_field_in_a_row_names_the_line(tmp_path):
+    path = tmp_path / "x.inter"
+    path.write_text(f"{INTER_HEADER}\nu1\ti1\t1\nu1\ti2\n")
+    with pytest.raises(DataError, match=r"x\.inter:3: .*found 2"):
+        read_atomic(path, INTER_FIELDS)
+
+
+def test_non_numeric_timestamp_names_line_and_value(tmp_path):
+    path = tmp_path / "x.inter"
+    path.write_text(f"{INTER_HEADER}\nu1\ti1\t1\nu1\ti2\tyesterday\n")
+    with pytest.raises(DataError, match=r"x\.inter:3: field timestamp must be a number.*yesterday"):
+        read_atomic(path, INTER_FIELDS)
+
+
+def test_duplicate_header_fields_are_refused(tmp_path):
+    path = tmp_path / "x.inter"
+    path.write_text("user_id:token\titem_id:token\titem_id:token\nu1\ti1\ti1\n")
+    with pytest.raises(DataError, match=r"x\.inter:1: duplicate header field\(s\) item_id"):
+        read_atomic(path, INTER_FIELDS)
+
+
+def test_header_without_required_field_says_what_is_expected(tmp_path):
+    path = tmp_path / "x.inter"
+    path.write_text("user_id:token\titem:token\ttimestamp:float\nu1\ti1\t1\n")
+    with pytest.raises(DataError, match=r"lacks item_id"):
+        read_atomic(path, INTER_FIELDS)
+
+
+def test_title_with_a_tab_is_an_error_naming_the_line(tmp_path):
+    path = tmp_path / "x.item"
+    path.write_text(f"{ITEM_HEADER}\ni1\tGood title\ni2\tBad\ttitle\n")
+    with pytest.raises(DataError, match=r"x\.item:3: .*must not contain a tab"):
+        read_atomic(path, ITEM_FIELDS)
+
+
+def test_title_with_an_unmatched_quote_is_kept_verbatim_and_swallows_nothing(tmp_path):
+    path = tmp_path / "x.item"
+    path.write_text(f'{ITEM_HEADER}\ni1\t"Deluxe Edition\ni2\tSecond\ni3\tThird "x\n')
+    items = read_atomic(path, ITEM_FIELDS)
+    assert items["title"].tolist() == ['"Deluxe Edition', "Second", 'Third "x']
+
+
+def test_missing_item_file_names_the_path(tmp_path):
+    root = write_dataset(tmp_path, "D", {"u1": ["a", "b", "c"]})
+    (root / "D" / "D.item").unlink()
+    with pytest.raises(DataError, match=r"D\.item is missing"):
+        AtomicFileDomain("D").load({"data_path": str(root)})
+
+
+def test_unknown_dataset_suggests_close_names_and_names_the_looked_up_path(tmp_path, plugins):
+    root = write_dataset(tmp_path, "Toys", cyclic_sequences(10, 30, 5))
+    config = build_config("SASRec", "Toy", plugins, overrides={"data_path": str(root)})
+    with pytest.raises(UnknownNameError) as info:
+        prepare(config, plugins)
+    message = str(info.value)
+    assert "Did you mean: Toys" in message
+    assert str(root / "Toy" / "Toy.inter") in message and "--data_path" in message
+
+
+def test_unknown_model_suggests_close_names(plugins):
+    with pytest.raises(UnknownNameError, match="Did you mean: SASRec"):
+        build_config("SASrec", "Tiny", plugins)
+
+
+def test_dataset_emptied_by_k_core_is_an_error_that_says_what_to_change(tmp_path, plugins):
+    root = write_dataset(tmp_path, "Sparse", {f"u{u}": [f"i{u}a", f"i{u}b"] for u in range(5)})
+    config = build_config(
+        "SASRec", "Sparse", plugins,
+        overrides={"data_path": str(root), "output_dir": str(tmp_path / "out")},
+    )
+    with pytest.raises(DataError, match=r"Sparse: no interactions left after the 3-core"):
+        prepare(config, plugins)
+
+
+def test_failed_data_stage_leaves_earlier_stages_untouched(tmp_path, plugins):
+    root = write_dataset(tmp_path, "Tiny", cyclic_sequences())
+    overrides = {"data_path": str(root), "output_dir": str(tmp_path / "out")}
+    good = prepare(build_config("SASRec", "Tiny", plugins, overrides=overrides), plugins)
+    before = {p: p.read_bytes() for p in good.folder.rglob("*") if p.is_file()}
+    inter = root / "Tiny" / "Tiny.inter"
+    inter.write_text(inter.read_text() + "broken line without tabs\n")
+    with pytest.raises(DataError, match="Tiny.inter"):
+        prepare(build_config("SASRec", "Tiny", plugins, overrides=overrides), plugins)
+    assert {p: p.read_bytes() for p in good.folder.rglob("*") if p.is_file()} == before

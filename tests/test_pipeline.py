@@ -1,0 +1,111 @@
+"""The ID-model pipeline end to end through the real RecBole: train, checkpoint, reload, score."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from recbole.data import create_dataset
+
+from cprec_recbole.cli import main
+from cprec_recbole.compat import load_checkpoint
+from cprec_recbole.data.prepare import prepare
+from cprec_recbole.quick_start import build_config, run
+from cprec_recbole.rec_model import recbole_config
+from cprec_recbole.trainer import CandidateEvalData, CandidateTrainer
+from tests.conftest import REPO, cyclic_sequences
+
+
+def test_sasrec_checkpoint_reloads_from_disk_and_reproduces_its_test_metrics(
+    tiny_overrides, plugins
+):
+    results = run("SASRec", "Tiny", overrides=tiny_overrides)
+    folder = Path(results["folder"])
+    config = build_config("SASRec", "Tiny", plugins, overrides=tiny_overrides)
+    data = prepare(config, plugins)
+    model_cls = plugins.models.get("SASRec")
+    rb_config = recbole_config(model_cls, config, data, folder / "reload")
+    dataset = create_dataset(rb_config)
+    fresh = model_cls(rb_config, dataset)
+    trainer = CandidateTrainer(rb_config, fresh, folder / "reload", config["sparsity_buckets"])
+    test = CandidateEvalData.build(data.eval_rows("test"), dataset, config["history_len"])
+    reloaded = trainer.evaluate(test, load_best_model=True, model_file=folder / "model.pth")
+    assert reloaded == results["test"]
+    assert "state_dict" in load_checkpoint(folder / "model.pth")
+
+
+def test_sasrec_learns_a_sequential_pattern_far_above_random(tiny_overrides):
+    results = run("SASRec", "Tiny", overrides={**tiny_overrides, "epochs": 30})
+    assert results["test"]["hr@1"] > 0.5  # random is 1/20
+
+
+@pytest.mark.parametrize("model", ["GRU4Rec", "CL4SRec"])
+def test_every_baseline_runs_and_reports_all_metrics(model, tiny_overrides):
+    results = run(model, "Tiny", overrides=tiny_overrides)
+    for key in ("hr@1", "hr@3", "hr@5", "ndcg@3", "ndcg@5"):
+        assert 0.0 <= results["test"][key] <= 1.0
+    assert results["test"]["users"] == 60
+    assert (Path(results["folder"]) / "results.csv").read_text().startswith("model,dataset")
+
+
+def test_finished_stages_are_reused_and_force_redoes_one(tiny_overrides, caplog):
+    first = run("SASRec", "Tiny", overrides=tiny_overrides)
+    manifest = Path(first["folder"]) / "manifest.json"
+    stamp = manifest.stat().st_mtime_ns
+    caplog.set_level("INFO")
+    again = run("SASRec", "Tiny", overrides=tiny_overrides)
+    assert again["test"] == first["test"] and manifest.stat().st_mtime_ns == stamp
+    assert "stage rec_model: reusing" in caplog.text
+    run("SASRec", "Tiny", overrides=tiny_overrides, force=["rec_model"])
+    assert manifest.stat().st_mtime_ns != stamp
+    assert json.loads(manifest.read_text())["metrics"]["test"]["users"] == 60
+
+
+def test_a_stage_killed_midway_has_no_manifest_and_is_redone(tiny_overrides):
+    first = run("SASRec", "Tiny", overrides=tiny_overrides)
+    folder = Path(first["folder"])
+    (folder / "manifest.json").unlink()  # as if killed before the manifest was written
+    again = run("SASRec", "Tiny", overrides=tiny_overrides)
+    assert again["folder"] == first["folder"] and (folder / "manifest.json").is_file()
+
+
+def test_cli_trains_and_writes_results_outside_the_working_directory(tiny_overrides, tmp_path):
+    args = [f"--{k}={v}" for k, v in tiny_overrides.items()]
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        assert main(["--model=SASRec", "--dataset=Tiny", *args]) == 0
+    finally:
+        os.chdir(cwd)
+    assert not (tmp_path / "log").exists() and not (tmp_path / "log_tensorboard").exists()
+    assert list(Path(tiny_overrides["output_dir"]).glob("rec_model/*/results.json"))
+
+
+def test_cli_help_lists_models_datasets_and_plugins(capsys, tiny_data):
+    assert main(["--help", f"--data_path={tiny_data}"]) == 0
+    out = capsys.readouterr().out
+    assert "CL4SRec" in out and "SASRec" in out and "Game-full" in out and "Tiny" in out
+    assert "cprec_recbole.builtin.recbole_models" in out
+
+
+def test_cli_reports_an_unknown_model_with_suggestions(capsys, tiny_overrides):
+    assert main(["--model=SASrec", "--dataset=Tiny"]) == 2
+    assert "Did you mean: SASRec" in capsys.readouterr().err
+
+
+def test_example_plugin_adds_a_csv_domain_the_cli_trains_sasrec_on(tmp_path, tiny_overrides):
+    folder = tmp_path / "csvdata" / "ShopCSV"
+    folder.mkdir(parents=True)
+    seqs = cyclic_sequences(40, 30, 6)
+    rows = [f"{u},{i},{t}" for u, items in seqs.items() for t, i in enumerate(items)]
+    (folder / "interactions.csv").write_text("user,item,timestamp\n" + "\n".join(rows) + "\n")
+    titles = [f'{i},"Game {i}, deluxe"' for i in sorted({i for s in seqs.values() for i in s})]
+    (folder / "items.csv").write_text("item,title\n" + "\n".join(titles) + "\n")
+    overrides = {**tiny_overrides, "data_path": str(tmp_path / "csvdata")}
+    args = [f"--{k}={v}" for k, v in overrides.items()]
+    plugin = f"--plugin={REPO / 'plugins' / 'csv_domain.py'}"
+    assert main(["--model=SASRec", "--dataset=ShopCSV", plugin, *args]) == 0
+    (result,) = Path(overrides["output_dir"]).glob("rec_model/*/results.json")
+    assert json.loads(result.read_text())["test"]["users"] == 40

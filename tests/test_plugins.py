@@ -1,0 +1,58 @@
+"""Plugin loading: built-ins through the same hooks, files, duplicates, import failures."""
+
+from __future__ import annotations
+
+import pytest
+
+from cprec_recbole.plugins import PluginError, load_plugins
+from cprec_recbole.quick_start import run
+
+MODEL_PLUGIN = '''
+from recbole.model.sequential_recommender import SASRec
+from cprec_recbole import hookimpl
+
+class MySASRec(SASRec):
+    """A third-party model: registered by name, trained by the shared pipeline."""
+
+@hookimpl
+def register_models(register):
+    register("{name}", MySASRec)
+'''
+
+
+def test_builtins_register_through_the_public_hooks():
+    plugins = load_plugins()
+    assert {"SASRec", "GRU4Rec", "CL4SRec"} <= set(plugins.models.names())
+    assert plugins.models.owners["CL4SRec"] == "cprec_recbole.builtin.recbole_models"
+    assert "uniform" in plugins.candidate_samplers and "Game" in plugins.domains
+
+
+def test_a_plugin_file_adds_a_model_the_pipeline_trains(tmp_path, tiny_overrides):
+    path = tmp_path / "my_model.py"
+    path.write_text(MODEL_PLUGIN.format(name="MySASRec"))
+    results = run("MySASRec", "Tiny", overrides={**tiny_overrides, "plugins": [str(path)]})
+    assert results["model"] == "MySASRec" and results["test"]["users"] == 60
+
+
+def test_duplicate_name_is_an_error_naming_both_plugins(tmp_path):
+    path = tmp_path / "clash.py"
+    path.write_text(MODEL_PLUGIN.format(name="SASRec"))
+    with pytest.raises(PluginError) as info:
+        load_plugins([path])
+    message = str(info.value)
+    assert "'SASRec' is registered twice" in message
+    assert "cprec_recbole.builtin.recbole_models" in message and str(path) in message
+
+
+def test_plugin_that_raises_on_import_is_reported_with_file_and_traceback(tmp_path):
+    path = tmp_path / "broken.py"
+    path.write_text("import math\n\ndef helper():\n    return 1 / 0\n\nhelper()\n")
+    with pytest.raises(PluginError) as info:
+        load_plugins([path])
+    message = str(info.value)
+    assert str(path) in message and "ZeroDivisionError" in message and "line 6" in message
+
+
+def test_missing_plugin_file_is_named():
+    with pytest.raises(PluginError, match="nope.py does not exist"):
+        load_plugins(["nope.py"])
