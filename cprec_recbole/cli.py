@@ -54,8 +54,7 @@ def help_text(plugin_files: list[str], data_path: str) -> str:
         + f"\nmodels:   {', '.join(plugins.models.names())}"
         + f"\ndatasets: {', '.join(datasets)} (configs); {', '.join(found) or 'none'} "
         f"(atomic files under {folder}); {', '.join(plugins.domains.names()) or 'no'} "
-        "registered domains"
-        + f"\nplugins:  {', '.join(plugins.plugin_names())}\n"
+        "registered domains" + f"\nplugins:  {', '.join(plugins.plugin_names())}\n"
     )
 
 

@@ -86,16 +86,48 @@ def load_config(
         *model_properties(model, model_cls),
         dataset_properties(dataset),
     ]
-    config: dict[str, Any] = {}
-    for path in layers:
-        if path.is_file():
-            config.update(read_yaml(path))
-    for path in config_files:
-        config.update(read_yaml(Path(path)))
-    config.update(overrides or {})
+    files = [Path(p) for p in config_files]
+    config = _merge([p for p in layers if p.is_file()] + files, overrides)
+    profile = profile_properties(config)
+    if profile is not None:
+        config = _merge([p for p in layers if p.is_file()] + [profile] + files, overrides)
     config["model"] = model
     config["dataset"] = dataset
     return config
+
+
+def _merge(paths: list[Path], overrides: Mapping[str, Any] | None) -> dict:
+    config: dict[str, Any] = {}
+    for path in paths:
+        config.update(read_yaml(path))
+    config.update(overrides or {})
+    return config
+
+
+def profile_properties(config: Mapping[str, Any]) -> Path | None:
+    """The budget profile of an LLM model: ``properties/profile/<name>.yaml``.
+
+    ``auto`` picks ``tiny`` for the tiny-random backbone and ``cpu`` on a machine without CUDA;
+    ``none`` keeps the paper's settings. It sits after the dataset layer, so files and the command
+    line still override it.
+    """
+    name = config.get("profile")
+    if "llm_backbone" not in config or name in (None, "none"):
+        return None
+    if name == "auto":
+        import torch
+
+        if config.get("llm_backbone") == "tiny-random":
+            name = "tiny"
+        elif not torch.cuda.is_available():
+            name = "cpu"
+        else:
+            return None
+    path = PROPERTIES / "profile" / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in path.parent.glob("*.yaml"))
+        raise ConfigError(f"profile {name!r}: no {path}; known profiles: {', '.join(known)}, none")
+    return path
 
 
 def parse_overrides(args: Iterable[str]) -> dict[str, Any]:

@@ -50,8 +50,9 @@ def register_prompt_templates(register):
 def register_schedulers(register):
     """Add learning-rate schedules: ``register("wsa", factory)``.
 
-    ``factory(optimizer, phases, config)`` returns a ``torch.optim.lr_scheduler.LRScheduler``;
-    ``phases`` gives the step boundaries of the training data (e.g. warm-up/stable/annealing).
+    ``factory(optimizer, phases, config)`` returns a ``torch.optim.lr_scheduler.LRScheduler``
+    stepped once per optimizer step; ``phases`` maps phase names to end steps (always ``total``,
+    plus e.g. ``warmup``, ``stable`` for warm-up/stable/annealing).
     """
 
 
@@ -59,8 +60,9 @@ def register_schedulers(register):
 def register_candidate_samplers(register):
     """Add negative samplers for candidate sets: ``register("uniform", sampler)``.
 
-    ``sampler(interactions, users, num_negatives, rng)`` returns an int array
-    ``[len(users), num_negatives]`` of item indices the user never interacted with.
+    ``sampler(interactions, users, num_negatives, rng)`` returns an array
+    ``[len(users), num_negatives]`` of item ids each user never interacted with (``users`` may
+    repeat; ``interactions`` has ``user_id, item_id, timestamp``).
     """
 
 
@@ -68,8 +70,10 @@ def register_candidate_samplers(register):
 def register_evaluators(register):
     """Add LLM answer evaluators: ``register("generate", evaluator)``.
 
-    An evaluator turns a model, prompts and candidate sets into a rank of the positive per user
-    (or -1 for an invalid answer); the shared metric code turns ranks into HR@k/NDCG@k.
+    ``evaluator(model, tokenizer, samples, ctx) -> EvalOutput``: per user the rank of the
+    positive among its candidates (-1 for an invalid answer), whether the answer was valid, and
+    the raw answer (see ``cprec_recbole/llm/inference.py``); the shared metric code turns ranks
+    into HR@k/NDCG@k.
     """
 
 
@@ -77,8 +81,9 @@ def register_evaluators(register):
 def register_backbones(register):
     """Add LLM backbones: ``register("smollm2-135m", loader)``.
 
-    ``loader(config) -> (model, tokenizer)``: a ``transformers`` causal LM and its tokenizer,
-    already on the configured device and dtype, without LoRA (the caller adds it).
+    ``loader(config, corpus) -> (model, tokenizer)``: a ``transformers`` causal LM and its
+    tokenizer, on the configured device and dtype, without LoRA (the caller adds it). ``corpus``
+    is the dataset's text (titles, prompt), for backbones that train a tokenizer (tiny-random).
     """
 
 

@@ -20,6 +20,11 @@ BUILTIN_PLUGINS = (
     "cprec_recbole.builtin.recbole_models",
     "cprec_recbole.builtin.domains",
     "cprec_recbole.builtin.candidate_samplers",
+    "cprec_recbole.builtin.backbones",
+    "cprec_recbole.builtin.prompt_templates",
+    "cprec_recbole.builtin.evaluators",
+    "cprec_recbole.builtin.schedulers",
+    "cprec_recbole.builtin.llm_models",
 )
 KINDS = (
     "models",

@@ -57,6 +57,8 @@ def _train(model_cls: type, config: dict, data: PreparedData, folder: Path) -> d
     valid = CandidateEvalData.build(data.eval_rows("valid"), dataset, max_len)
     test_rows = data.eval_rows("test")
     test = CandidateEvalData.build(test_rows, dataset, max_len)
+    tokens = dataset.field2id_token[dataset.iid_field]
+    (folder / "item_tokens.txt").write_text("\n".join(tokens))  # embedding row -> raw item id
     start = time.time()
     show = bool(config.get("show_progress", True))
     trainer.fit(train_data, valid, saved=True, show_progress=show)
@@ -78,9 +80,7 @@ def _train(model_cls: type, config: dict, data: PreparedData, folder: Path) -> d
     return results
 
 
-def train_rec_model(
-    model_cls: type, config: dict, data: PreparedData, force: bool = False
-) -> Path:
+def train_rec_model(model_cls: type, config: dict, data: PreparedData, force: bool = False) -> Path:
     """Run (or reuse) the ``rec_model`` stage for this model, dataset and hyperparameters."""
     keys = {k: v for k, v in sorted(config.items()) if k not in NOT_HASHED}
     keys["data_stage"] = data.folder.name

@@ -13,7 +13,7 @@ HEADLINE = ("hr@1", "valid_ratio", "hr@1_of_valid", "hr@3", "hr@5", "ndcg@3", "n
 
 def table(results: dict) -> str:
     """A plain-text table of the headline metrics, one row per split."""
-    rows = [(split, results[split]) for split in ("valid", "test") if split in results]
+    rows = [(split, results[split]) for split in ("valid", "test") if results.get(split)]
     header = ["split", *HEADLINE]
     lines = [header] + [
         [split] + [_fmt(metrics.get(k)) for k in HEADLINE] for split, metrics in rows

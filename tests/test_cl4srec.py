@@ -125,9 +125,7 @@ def test_crop_keeps_a_contiguous_window_of_eta_len_items(model: CL4SRec) -> None
     expected_len = torch.clamp((model.eta * seq_len).floor().long(), min=1)
     assert torch.equal(out_len, expected_len)
     assert (out[padding_of(out, out_len)] == 0).all()
-    for s, o, n, c in zip(
-        seq.tolist(), out.tolist(), seq_len.tolist(), out_len.tolist()
-    ):
+    for s, o, n, c in zip(seq.tolist(), out.tolist(), seq_len.tolist(), out_len.tolist()):
         windows = [s[start : start + c] for start in range(n - c + 1)]
         assert o[:c] in windows
 
@@ -161,9 +159,7 @@ def test_augment_picks_one_of_the_three_augmentations_per_sequence(
 # ---------------------------------------------------------------- InfoNCE
 
 
-def slow_info_nce(
-    z_i: torch.Tensor, z_j: torch.Tensor, tau: float, sim: str
-) -> torch.Tensor:
+def slow_info_nce(z_i: torch.Tensor, z_j: torch.Tensor, tau: float, sim: str) -> torch.Tensor:
     """Textbook NT-Xent, one anchor at a time."""
     z = torch.cat([z_i, z_j])
     n, b = len(z), len(z_i)
@@ -207,9 +203,7 @@ def test_one_epoch_of_training_runs(
     # recbole's Trainer writes log_tensorboard/ into the cwd
     monkeypatch.chdir(env["root"])
     trainer = Trainer(env["config"], model)
-    best_score, _ = trainer.fit(
-        env["train"], env["valid"], saved=False, show_progress=False
-    )
+    best_score, _ = trainer.fit(env["train"], env["valid"], saved=False, show_progress=False)
     assert math.isfinite(trainer.train_loss_dict[0])
     assert math.isfinite(best_score)
 

@@ -21,7 +21,10 @@ def test_layers_apply_in_order_and_command_line_wins(tmp_path):
 
 def test_command_line_values_are_typed_like_yaml():
     assert parse_overrides(["--lr=1e-3", "--on=true", "--ks=[1,3]", "--name=x"]) == {
-        "lr": 1e-3, "on": True, "ks": [1, 3], "name": "x",
+        "lr": 1e-3,
+        "on": True,
+        "ks": [1, 3],
+        "name": "x",
     }
 
 

@@ -86,7 +86,9 @@ def test_unknown_model_suggests_close_names(plugins):
 def test_dataset_emptied_by_k_core_is_an_error_that_says_what_to_change(tmp_path, plugins):
     root = write_dataset(tmp_path, "Sparse", {f"u{u}": [f"i{u}a", f"i{u}b"] for u in range(5)})
     config = build_config(
-        "SASRec", "Sparse", plugins,
+        "SASRec",
+        "Sparse",
+        plugins,
         overrides={"data_path": str(root), "output_dir": str(tmp_path / "out")},
     )
     with pytest.raises(DataError, match=r"Sparse: no interactions left after the 3-core"):

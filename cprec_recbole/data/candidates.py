@@ -96,7 +96,5 @@ def save_candidate_sets(path: Path, rows: pd.DataFrame) -> Path:
 
 def load_candidate_sets(path: Path) -> pd.DataFrame:
     """Read a persisted candidate file; candidates come back as arrays of item ids."""
-    table = pd.read_csv(
-        path, sep="\t", dtype=str, quoting=csv.QUOTE_NONE, keep_default_na=False
-    )
+    table = pd.read_csv(path, sep="\t", dtype=str, quoting=csv.QUOTE_NONE, keep_default_na=False)
     return table.assign(candidates=table["candidates"].str.split(" ").map(np.array))

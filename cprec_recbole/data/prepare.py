@@ -88,7 +88,9 @@ def resolve_domain(config: dict, plugins: Plugins):
     known = set(plugins.domains.names()) | {p.stem for p in (PROPERTIES / "dataset").glob("*.yaml")}
     if data_path.is_dir():
         known |= {p.name for p in data_path.iterdir() if (p / f"{p.name}.inter").is_file()}
-    raise unknown_name("dataset", name, known, hint=not_found_message(name, domain.paths(data_path)[0]))
+    raise unknown_name(
+        "dataset", name, known, hint=not_found_message(name, domain.paths(data_path)[0])
+    )
 
 
 def _check_ids(inter: pd.DataFrame, name: str) -> None:
@@ -139,7 +141,10 @@ def _build(folder: Path, config: dict, domain, plugins: Plugins) -> dict:
 
 def _read(folder: Path, name: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     atomic = pd.read_csv(
-        folder / name / f"{name}.inter", sep="\t", dtype=str, quoting=csv.QUOTE_NONE,
+        folder / name / f"{name}.inter",
+        sep="\t",
+        dtype=str,
+        quoting=csv.QUOTE_NONE,
         keep_default_na=False,
     )
     inter = pd.DataFrame(

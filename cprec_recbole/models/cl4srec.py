@@ -26,9 +26,7 @@ class MaskableItemEmbedding(nn.Embedding):
     never score the mask token and still return ``n_items`` columns.
     """
 
-    def __init__(
-        self, num_embeddings: int, embedding_dim: int, padding_idx: int = 0
-    ) -> None:
+    def __init__(self, num_embeddings: int, embedding_dim: int, padding_idx: int = 0) -> None:
         super().__init__(num_embeddings, embedding_dim, padding_idx=padding_idx)
         self.mask_token_id = num_embeddings
         self.mask_vector = nn.Parameter(torch.zeros(embedding_dim))
@@ -55,9 +53,7 @@ class CL4SRec(SASRec):
 
         # Masked items need their own token id (n_items); see MaskableItemEmbedding.
         self.mask_token_id: int = self.n_items
-        self.item_embedding = MaskableItemEmbedding(
-            self.n_items, self.hidden_size, padding_idx=0
-        )
+        self.item_embedding = MaskableItemEmbedding(self.n_items, self.hidden_size, padding_idx=0)
         self.item_embedding.apply(self._init_weights)
         nn.init.normal_(self.item_embedding.mask_vector, std=self.initializer_range)
 
@@ -72,13 +68,10 @@ class CL4SRec(SASRec):
         positions = torch.arange(item_seq.size(1), device=item_seq.device).unsqueeze(0)
         new_len = torch.clamp((self.eta * item_seq_len).floor().long(), min=1)
         start = (
-            torch.rand_like(item_seq_len, dtype=torch.float)
-            * (item_seq_len - new_len + 1)
+            torch.rand_like(item_seq_len, dtype=torch.float) * (item_seq_len - new_len + 1)
         ).long()
         src = (start.unsqueeze(1) + positions).clamp(max=item_seq.size(1) - 1)
-        cropped = item_seq.gather(1, src).masked_fill(
-            positions >= new_len.unsqueeze(1), 0
-        )
+        cropped = item_seq.gather(1, src).masked_fill(positions >= new_len.unsqueeze(1), 0)
         return cropped, new_len
 
     def item_mask(
@@ -89,9 +82,7 @@ class CL4SRec(SASRec):
         valid = positions < item_seq_len.unsqueeze(1)
         n_mask = (self.gamma * item_seq_len).floor().long()
         # Random ranks over the valid positions only (padding gets the largest keys).
-        keys = torch.rand(item_seq.shape, device=item_seq.device).masked_fill(
-            ~valid, 2.0
-        )
+        keys = torch.rand(item_seq.shape, device=item_seq.device).masked_fill(~valid, 2.0)
         ranks = keys.argsort(dim=1).argsort(dim=1)
         masked = item_seq.masked_fill(ranks < n_mask.unsqueeze(1), self.mask_token_id)
         return masked, item_seq_len
@@ -103,8 +94,7 @@ class CL4SRec(SASRec):
         positions = torch.arange(item_seq.size(1), device=item_seq.device).unsqueeze(0)
         win_len = (self.beta * item_seq_len).floor().long()
         start = (
-            torch.rand_like(item_seq_len, dtype=torch.float)
-            * (item_seq_len - win_len + 1)
+            torch.rand_like(item_seq_len, dtype=torch.float) * (item_seq_len - win_len + 1)
         ).long()
         start, win_len = start.unsqueeze(1), win_len.unsqueeze(1)
         in_win = (positions >= start) & (positions < start + win_len)

@@ -1,0 +1,76 @@
+"""Wall time of `generate` (iterative, 5 rounds for HR@5) vs `score` on the same model and users.
+
+    python benchmarks/inference.py --dataset=Game --data_path=../shared/data \
+        --llm_backbone=smollm2-135m --users=20
+
+Prints both times, users/s and the ratio generate/score, and writes benchmarks/results/
+inference-<backbone>.json. Any other --key=value is a config override (as in the CLI).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+from cprec_recbole.cli import split_args
+from cprec_recbole.data.prepare import prepare
+from cprec_recbole.evaluation import evaluate_ranks
+from cprec_recbole.io import write_json
+from cprec_recbole.models.llama2_zero_shot import LLaMA2ZeroShot
+from cprec_recbole.plugins import load_plugins
+from cprec_recbole.quick_start import build_config
+
+
+def main(argv: list[str]) -> dict:
+    overrides, plugin_files, _, config_files = split_args(argv)
+    users = int(overrides.pop("users", 20))
+    dataset = str(overrides.pop("dataset", "Game"))
+    plugins = load_plugins(plugin_files)
+    overrides.setdefault("show_progress", False)
+    config = build_config("LLaMA2ZeroShot", dataset, plugins, config_files, overrides)
+    config["eval_users"] = users
+    data = prepare(config, plugins)
+    model = LLaMA2ZeroShot(config, data, plugins, set())
+    llm, tokenizer, ctx = model.load()
+    samples = model.eval_samples("test", "eval_users")
+    out = {
+        "backbone": config["llm_backbone"],
+        "dataset": dataset,
+        "users": len(samples),
+        "rounds": int(config["eval_rounds"]),
+        "prompt_template": config["prompt_template"],
+    }
+    for mode in ("generate", "score"):
+        evaluator = plugins.evaluators.get(mode)
+        start = time.perf_counter()
+        result = evaluator(llm, tokenizer, samples, ctx)
+        seconds = time.perf_counter() - start
+        lengths = [len(s.history) for s in samples]
+        metrics = evaluate_ranks(
+            result.ranks, lengths, list(config["sparsity_buckets"]), result.valid
+        )
+        out[mode] = {
+            "seconds": round(seconds, 2),
+            "users_per_s": round(len(samples) / seconds, 4),
+            "hr@1": metrics["hr@1"],
+            "valid_ratio": metrics["valid_ratio"],
+        }
+    out["ratio_generate_over_score"] = round(
+        out["generate"]["seconds"] / out["score"]["seconds"], 2
+    )
+    print(
+        f"generate ({out['rounds']} rounds): {out['generate']['seconds']:.1f} s for "
+        f"{len(samples)} users"
+    )
+    print(f"score: {out['score']['seconds']:.1f} s for {len(samples)} users")
+    print(f"ratio generate/score: {out['ratio_generate_over_score']:.2f}x")
+    target = Path(__file__).parent / "results" / f"inference-{config['llm_backbone']}.json"
+    write_json(target, out)
+    print(json.dumps(out, indent=2))
+    return out
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

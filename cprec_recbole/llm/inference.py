@@ -1,0 +1,252 @@
+"""The two ways an LLM ranks candidates: iterative generation (the paper's) and likelihood scoring.
+
+``generate`` follows LLaRA: greedy decoding, the first output line must name exactly one
+candidate; for HR@k the picked candidate is removed and the prompt re-rendered, ``eval_rounds``
+times. ``score`` ranks every candidate by the mean log-likelihood of its answer tokens after the
+prompt; the prompt runs once and its KV cache is shared by all candidates. Both return the rank of
+the positive per user, so ``evaluation.evaluate_ranks`` reads either.
+
+Config keys (from ``ctx.config``): ``eval_batch_users`` (users per model call, default 4),
+``max_new_tokens`` (64), ``eval_rounds`` (5), ``show_progress`` (True).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.rnn import pad_sequence
+from tqdm import tqdm
+from transformers import StoppingCriteria, StoppingCriteriaList
+
+from cprec_recbole.evaluation import INVALID, ranks_from_scores
+from cprec_recbole.llm.batching import LLMSample, encode_batch, pad_id
+from cprec_recbole.llm.projector import embed_batch, model_device
+from cprec_recbole.llm.prompts import PromptTemplate, answer_text
+
+
+@dataclass
+class EvalContext:
+    """Everything an evaluator needs besides the model: how to render and what to inject."""
+
+    template: PromptTemplate
+    titles: Mapping[str, str]
+    item_index: Mapping[str, int]
+    noun: str
+    config: Mapping[str, Any] = field(default_factory=dict)
+    item_embeddings: Tensor | None = None
+    projector: nn.Module | None = None
+
+
+@dataclass
+class EvalOutput:
+    """Per user: rank of the positive (``INVALID`` = -1), round-0 validity and raw answer, and
+    the candidates picked round after round (generation only)."""
+
+    ranks: np.ndarray
+    valid: np.ndarray
+    answers: list[str]
+    picks: list[list[str]] = field(default_factory=list)
+
+
+Evaluator = Callable[[nn.Module, Any, Sequence[LLMSample], EvalContext], EvalOutput]
+
+
+def parse_answer(text: str, candidate_titles: Sequence[str]) -> int | None:
+    """LLaRA's rule: the first line, lower-cased, must contain exactly one candidate title."""
+    line = text.strip().split("\n", 1)[0].lower()
+    hits = [k for k, title in enumerate(candidate_titles) if title.lower() in line]
+    return hits[0] if len(hits) == 1 else None
+
+
+def _chunks(n: int, size: int) -> list[range]:
+    return [range(start, min(start + size, n)) for start in range(0, n, size)]
+
+
+def _progress(config: Mapping[str, Any], total: int, desc: str) -> tqdm:
+    return tqdm(total=total, desc=desc, unit="user", disable=not config.get("show_progress", True))
+
+
+def _encode(tokenizer, samples: Sequence[LLMSample], ctx: EvalContext, device: torch.device):
+    batch = encode_batch(
+        tokenizer, ctx.template, samples, ctx.titles, ctx.item_index, ctx.noun, with_answer=False
+    )
+    return batch.to(device)
+
+
+# ---------------------------------------------------------------- generation
+
+
+def newline_token_ids(tokenizer) -> Tensor:
+    """Every token whose text contains a newline (``Ċ``, ``.Ċ``, ``<0x0A>``...)."""
+    texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
+    return torch.tensor([i for i, t in enumerate(texts) if "\n" in t], dtype=torch.long)
+
+
+class StopAtNewline(StoppingCriteria):
+    """Row-wise stop once a generated token holds a newline: the answer's first line is all we
+    parse, so the rest would be wasted decoding."""
+
+    def __init__(self, newline_ids: Tensor, prompt_length: int = 0):
+        self.newline_ids = newline_ids
+        self.prompt_length = prompt_length
+
+    def __call__(self, input_ids: Tensor, scores: Tensor, **kwargs) -> Tensor:
+        ids = self.newline_ids.to(input_ids.device)
+        return torch.isin(input_ids[:, self.prompt_length :], ids).any(-1)
+
+
+@torch.no_grad()
+def generate_texts(
+    model: nn.Module,
+    tokenizer,
+    samples: Sequence[LLMSample],
+    ctx: EvalContext,
+    stop: StoppingCriteria | None = None,
+) -> list[str]:
+    """Greedy continuations of the samples' prompts (item embeddings injected)."""
+    device = model_device(model)
+    batch = _encode(tokenizer, samples, ctx, device)
+    embeds = embed_batch(model, batch, ctx.item_embeddings, ctx.projector)
+    out = model.generate(
+        inputs_embeds=embeds,
+        attention_mask=batch.attention_mask,
+        max_new_tokens=int(ctx.config.get("max_new_tokens", 64)),
+        do_sample=False,
+        stopping_criteria=StoppingCriteriaList([stop]) if stop is not None else None,
+        pad_token_id=pad_id(tokenizer),
+    )
+    return tokenizer.batch_decode(out, skip_special_tokens=True)
+
+
+def iterative_ranks(
+    samples: Sequence[LLMSample],
+    ctx: EvalContext,
+    answer: Callable[[Sequence[LLMSample]], list[str]],
+) -> EvalOutput:
+    """Pick, remove, re-render, ``eval_rounds`` times; ``answer`` maps prompts to model text.
+
+    Rank = the round where the positive was picked; ``INVALID`` if round 0 named no single
+    candidate; ``eval_rounds`` if never picked (a later invalid answer also ends the user).
+    """
+    rounds = int(ctx.config.get("eval_rounds", 5))
+    n = len(samples)
+    ranks = np.full(n, rounds, dtype=np.int64)
+    valid = np.zeros(n, dtype=bool)
+    answers = [""] * n
+    picks: list[list[str]] = [[] for _ in range(n)]
+    progress = _progress(ctx.config, n, "generate")
+    for chunk in _chunks(n, int(ctx.config.get("eval_batch_users", 4))):
+        remaining = {u: list(samples[u].candidates) for u in chunk}
+        active = list(chunk)
+        for r in range(rounds):
+            if not active:
+                break
+            texts = answer([replace(samples[u], candidates=remaining[u]) for u in active])
+            still = []
+            for u, text in zip(active, texts, strict=True):
+                k = parse_answer(text, [ctx.titles[c] for c in remaining[u]])
+                if r == 0:
+                    answers[u], valid[u] = text, k is not None
+                if k is None:
+                    ranks[u] = INVALID if r == 0 else rounds
+                    continue
+                picks[u].append(remaining[u].pop(k))
+                if picks[u][-1] == samples[u].target:
+                    ranks[u] = r
+                else:
+                    still.append(u)
+            active = still
+        progress.update(len(chunk))
+    progress.close()
+    return EvalOutput(ranks, valid, answers, picks)
+
+
+def generate(model: nn.Module, tokenizer, samples: Sequence[LLMSample], ctx: EvalContext):
+    """The paper's evaluation: iterative greedy generation, stopping each answer at a newline."""
+    stop = StopAtNewline(newline_token_ids(tokenizer))
+    model.eval()
+    return iterative_ranks(
+        samples, ctx, lambda batch: generate_texts(model, tokenizer, batch, ctx, stop)
+    )
+
+
+# ---------------------------------------------------------------- scoring
+
+
+def _token_log_probs(logits: Tensor, targets: Tensor) -> Tensor:
+    """log p(target) per position without materialising a second vocab-sized tensor."""
+    logits = logits.float()
+    picked = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    return picked - torch.logsumexp(logits, dim=-1)
+
+
+@torch.no_grad()
+def candidate_log_likelihoods(
+    model: nn.Module, tokenizer, samples: Sequence[LLMSample], ctx: EvalContext
+) -> list[Tensor]:
+    """Mean log-likelihood of each candidate's answer tokens after its sample's prompt.
+
+    The left-padded prompts run once with ``use_cache``; the cache rows are repeated per
+    candidate (``batch_select_indices`` also handles unequal candidate counts) and one forward
+    over the right-padded answers reads every answer token's log-prob. The first answer token
+    comes from the prompt's last logits.
+    """
+    device = model_device(model)
+    batch = _encode(tokenizer, samples, ctx, device)
+    embeds = embed_batch(model, batch, ctx.item_embeddings, ctx.projector)
+    out = model(
+        inputs_embeds=embeds,
+        attention_mask=batch.attention_mask,
+        position_ids=batch.position_ids,
+        use_cache=True,
+    )
+    counts = torch.tensor([len(s.candidates) for s in samples], device=device)
+    owner = torch.repeat_interleave(torch.arange(len(samples), device=device), counts)
+    cache = out.past_key_values
+    cache.batch_select_indices(owner)
+
+    texts = [answer_text(ctx.titles[c]) for s in samples for c in s.candidates]
+    ids = [torch.tensor(i) for i in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    cand = pad_sequence(ids, batch_first=True, padding_value=pad_id(tokenizer)).to(device)
+    cand_mask = pad_sequence([torch.ones(len(i), dtype=torch.long) for i in ids], batch_first=True)
+    cand_mask = cand_mask.to(device)
+    prompt_mask = batch.attention_mask[owner]
+    positions = prompt_mask.sum(-1, keepdim=True) + torch.arange(cand.shape[1], device=device)
+    logits = model(
+        input_ids=cand,
+        attention_mask=torch.cat([prompt_mask, cand_mask], dim=1),
+        position_ids=positions,
+        past_key_values=cache,
+        use_cache=True,
+    ).logits
+    first = _token_log_probs(out.logits[:, -1][owner], cand[:, 0])
+    rest = _token_log_probs(logits[:, :-1], cand[:, 1:])
+    log_probs = torch.cat([first[:, None], rest], dim=1) * cand_mask
+    mean = log_probs.sum(-1) / cand_mask.sum(-1)
+    return list(mean.float().cpu().split(counts.tolist()))
+
+
+def score(model: nn.Module, tokenizer, samples: Sequence[LLMSample], ctx: EvalContext):
+    """Rank candidates by answer likelihood; valid by construction, ties pessimistic."""
+    model.eval()
+    n = len(samples)
+    ranks = np.zeros(n, dtype=np.int64)
+    answers = [""] * n
+    progress = _progress(ctx.config, n, "score")
+    for chunk in _chunks(n, int(ctx.config.get("eval_batch_users", 4))):
+        part = [samples[u] for u in chunk]
+        for u, sample, scores in zip(
+            chunk, part, candidate_log_likelihoods(model, tokenizer, part, ctx), strict=True
+        ):
+            scores = scores.numpy()[None]
+            target = np.array([sample.candidates.index(sample.target)])
+            ranks[u] = ranks_from_scores(scores, target)[0]
+            answers[u] = ctx.titles[sample.candidates[int(scores.argmax())]]
+        progress.update(len(chunk))
+    progress.close()
+    return EvalOutput(ranks, np.ones(n, dtype=bool), answers)

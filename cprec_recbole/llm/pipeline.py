@@ -1,0 +1,269 @@
+"""The staged pipeline every LLM recommender shares.
+
+rec_model (SASRec, for hybrid prompts) -> sft (LoRA + projector) -> eval. Subclasses say which
+stages they use through class attributes; each stage is cached under ``saved/<stage>/<hash>/``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from cprec_recbole.compat import load_checkpoint
+from cprec_recbole.config import load_config
+from cprec_recbole.data.candidates import draw_candidate_sets
+from cprec_recbole.data.prepare import PreparedData
+from cprec_recbole.data.windows import sliding_windows
+from cprec_recbole.evaluation import evaluate_ranks
+from cprec_recbole.io import write_atomic, write_json
+from cprec_recbole.llm.backbone import add_lora, add_special_tokens, load_backbone
+from cprec_recbole.llm.batching import LLMSample, shorten_titles
+from cprec_recbole.llm.inference import EvalContext
+from cprec_recbole.llm.projector import Projector
+from cprec_recbole.llm.sft import SFTSetup, fine_tune, load_trainable_state
+from cprec_recbole.plugins import Plugins
+from cprec_recbole.rec_model import train_rec_model
+from cprec_recbole.stages import peak_memory_mb, run_stage
+
+logger = logging.getLogger(__name__)
+REC_MODEL = "SASRec"
+#: Keys of an LLM model's config that change what SFT computes.
+SFT_KEYS = (
+    "llm_backbone",
+    "llm_path",
+    "dtype",
+    "lora_r",
+    "lora_alpha",
+    "lora_dropout",
+    "lora_target_modules",
+    "lora_layers",
+    "prompt_template",
+    "text_template",
+    "domain_noun",
+    "max_title_tokens",
+    "sft_samples",
+    "epochs",
+    "train_batch_size",
+    "micro_batch_size",
+    "learning_rate",
+    "lr_scheduler",
+    "warmup_ratio",
+    "projector_decay",
+    "stopping_step",
+    "valid_users",
+    "valid_inference",
+    "seed",
+    "history_len",
+    "min_history",
+    "init_lora",
+)
+EVAL_KEYS = ("inference", "eval_users", "eval_rounds", "max_new_tokens", "eval_seed")
+
+
+def sample_rows(rows: pd.DataFrame, limit: int | None, seed: int) -> pd.DataFrame:
+    """A seeded subset of at most ``limit`` rows, in the original order (all if None)."""
+    if limit is None or limit >= len(rows):
+        return rows
+    keep = np.sort(np.random.default_rng(seed).choice(len(rows), int(limit), replace=False))
+    return rows.iloc[keep].reset_index(drop=True)
+
+
+def to_samples(rows: pd.DataFrame) -> list[LLMSample]:
+    return [
+        LLMSample(u, list(h), list(c), t)
+        for u, h, c, t in zip(rows["user_id"], rows["history"], rows["candidates"], rows["target"])
+    ]
+
+
+class LLMRecommender:
+    """Base of the LLM models; ``run`` is what the shared CLI calls."""
+
+    uses_rec_model = True  # hybrid prompts need SASRec's item embeddings
+    fine_tunes = True
+
+    @classmethod
+    def run(cls, config: dict, data: PreparedData, plugins: Plugins, force=()) -> Path:
+        return cls(config, data, plugins, set(force)).evaluate()
+
+    def __init__(self, config: dict, data: PreparedData, plugins: Plugins, force: set[str]):
+        self.config, self.data, self.plugins, self.force = config, data, plugins, force
+        self.template = plugins.prompt_templates.get(config["prompt_template"])
+        text = config.get("text_template")
+        self.text_template = plugins.prompt_templates.get(text) if text else None
+        self.rec_folder = self._rec_model() if self.uses_rec_model else None
+        self.item_ids = self._item_ids()
+        self.item_index = {item: row for row, item in enumerate(self.item_ids)}
+
+    # ---------------------------------------------------------------- stages
+    def _rec_model(self) -> Path:
+        """SASRec with stock settings (+ ``rec_model_overrides``), shared with ``--model=SASRec``."""
+        cls = self.plugins.models.get(REC_MODEL)
+        keep = {k: self.config[k] for k in ("data_path", "output_dir", "show_progress")}
+        overrides = {**keep, **(self.config.get("rec_model_overrides") or {})}
+        rec_config = load_config(REC_MODEL, self.config["dataset"], cls, overrides=overrides)
+        return train_rec_model(cls, rec_config, self.data, force="rec_model" in self.force)
+
+    def _item_ids(self) -> list[str]:
+        if self.rec_folder is not None:
+            return (self.rec_folder / "item_tokens.txt").read_text().split("\n")
+        return ["[PAD]", *self.data.items["item_id"]]
+
+    def item_embeddings(self) -> torch.Tensor | None:
+        if self.rec_folder is None:
+            return None
+        state = load_checkpoint(self.rec_folder / "model.pth")["state_dict"]
+        return state["item_embedding.weight"].float()
+
+    def stage_keys(self, names) -> dict:
+        keys = {k: self.config.get(k) for k in names}
+        keys["model"] = type(self).__name__
+        keys["data_stage"] = self.data.folder.name
+        keys["rec_stage"] = self.rec_folder.name if self.rec_folder else None
+        return keys
+
+    # ---------------------------------------------------------------- backbone
+    def load(self):
+        """Backbone + special tokens (+ LoRA, projector) and the eval context."""
+        titles = dict(zip(self.data.items["item_id"], self.data.items["title"]))
+        corpus = [*titles.values(), self.template.text]
+        model, tokenizer = load_backbone(self.config, self.plugins, corpus)
+        tokens = [*self.template.special_tokens]
+        if self.text_template is not None:
+            tokens += self.text_template.special_tokens
+        if tokens:
+            add_special_tokens(model, tokenizer, list(dict.fromkeys(tokens)))
+        titles = shorten_titles(tokenizer, titles, self.config.get("max_title_tokens"))
+        embeddings = self.item_embeddings()
+        projector = None
+        if embeddings is not None:
+            torch.manual_seed(int(self.config["seed"]))
+            projector = Projector(embeddings.shape[1], model.config.hidden_size)
+            projector.to(device=model.device, dtype=model.dtype)
+            embeddings = embeddings.to(model.device)
+        if self.fine_tunes:
+            model = add_lora(model, self.config)
+        ctx = EvalContext(
+            self.template,
+            titles,
+            self.item_index,
+            str(self.config.get("domain_noun", "item")),
+            self.config,
+            embeddings,
+            projector,
+        )
+        return model, tokenizer, ctx
+
+    # ---------------------------------------------------------------- samples
+    def train_windows(self) -> pd.DataFrame:
+        rows = sliding_windows(
+            self.data.sequences,
+            int(self.config["history_len"]),
+            int(self.config["min_history"]),
+            drop_last=2,
+        )
+        return sample_rows(rows, self.config.get("sft_samples"), int(self.config["seed"]))
+
+    def epoch_samples(self, windows: pd.DataFrame):
+        """Training samples of an epoch: fixed windows, candidates redrawn every epoch."""
+        sampler = self.plugins.candidate_samplers.get(self.config["candidate_sampler"])
+
+        def samples(epoch: int) -> list[LLMSample]:
+            seed = int(self.config["seed"]) * 1000 + epoch
+            rows = draw_candidate_sets(
+                self.data.inter, windows, int(self.config["num_negatives"]), seed, sampler
+            )
+            return to_samples(rows)
+
+        return samples
+
+    def eval_samples(self, split: str, limit_key: str) -> list[LLMSample]:
+        rows = self.data.eval_rows(split)
+        return to_samples(
+            sample_rows(rows, self.config.get(limit_key), int(self.config["eval_seed"]))
+        )
+
+    # ---------------------------------------------------------------- run
+    def _sft(self, folder: Path) -> dict:
+        model, tokenizer, ctx = self.load()
+        setup = SFTSetup(
+            tokenizer,
+            self.template,
+            self.text_template,
+            ctx,
+            self.epoch_samples(self.train_windows()),
+            self.eval_samples("valid", "valid_users"),
+            self.plugins.evaluators.get(self.config["valid_inference"]),
+            self.plugins.schedulers.get(self.config["lr_scheduler"]),
+        )
+        metrics, best = fine_tune(model, ctx.projector, setup, self.config)
+        write_atomic(folder / "trainable.pt", lambda tmp: torch.save(best, tmp))
+        self._loaded = (model, tokenizer, ctx)
+        return metrics
+
+    def sft_folder(self) -> Path | None:
+        if not self.fine_tunes:
+            return None
+        keys = {**self.stage_keys(SFT_KEYS), "force": None}
+        return run_stage("sft", keys, self.config["output_dir"], self._sft, "sft" in self.force)
+
+    def evaluate(self) -> Path:
+        sft = self.sft_folder()
+        keys = {**self.stage_keys(SFT_KEYS + EVAL_KEYS), "sft_stage": sft.name if sft else None}
+        return run_stage(
+            "eval",
+            keys,
+            self.config["output_dir"],
+            lambda f: self._eval(f, sft),
+            "eval" in self.force,
+        )
+
+    def _eval(self, folder: Path, sft: Path | None) -> dict:
+        loaded = getattr(self, "_loaded", None)
+        if loaded is None:
+            loaded = self.load()
+            if sft is not None:
+                load_trainable_state(
+                    loaded[0], loaded[2].projector, torch.load(sft / "trainable.pt")
+                )
+        model, tokenizer, ctx = loaded
+        samples = self.eval_samples("test", "eval_users")
+        evaluator = self.plugins.evaluators.get(self.config["inference"])
+        start = time.time()
+        out = evaluator(model, tokenizer, samples, ctx)
+        seconds = time.time() - start
+        lengths = np.array([len(s.history) for s in samples])
+        test = evaluate_ranks(out.ranks, lengths, list(self.config["sparsity_buckets"]), out.valid)
+        pd.DataFrame(
+            {
+                "user_id": [s.user_id for s in samples],
+                "rank": out.ranks,
+                "valid": out.valid,
+                "history_len": lengths,
+                "answer": out.answers,
+            }
+        ).to_csv(folder / "test_ranks.tsv", sep="\t", index=False)
+        sft_manifest = (sft / "manifest.json").read_text() if sft else None
+        results = {
+            "model": self.config["model"],
+            "dataset": self.config["dataset"],
+            "backbone": self.config["llm_backbone"],
+            "inference": self.config["inference"],
+            "test": test,
+            "valid": _best_valid(sft_manifest),
+            "eval_time_s": round(seconds, 1),
+            "eval_users_per_s": round(len(samples) / max(seconds, 1e-9), 4),
+            "peak_memory_mb": peak_memory_mb(),
+            "candidates_sha256": self.data.candidate_digests(),
+        }
+        write_json(folder / "results.json", results)
+        return results
+
+
+def _best_valid(manifest_text: str | None) -> dict | None:
+    return json.loads(manifest_text)["metrics"]["best_valid"] if manifest_text else None

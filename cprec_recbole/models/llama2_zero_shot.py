@@ -1,0 +1,8 @@
+"""LLaMA2ZeroShot: the bare backbone (Touvron et al., 2023) on the text-only prompt, no training."""
+
+from cprec_recbole.llm.pipeline import LLMRecommender
+
+
+class LLaMA2ZeroShot(LLMRecommender):
+    uses_rec_model = False
+    fine_tunes = False

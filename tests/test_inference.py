@@ -1,0 +1,207 @@
+"""Answer parsing, iterative generation and KV-cached likelihood scoring on a tiny real Llama."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from llm_fixtures import (  # noqa: F401  (pytest fixtures)
+    ITEM_INDEX,
+    TITLES,
+    one_thread_fixture,
+    samples,
+    tiny_model_fixture,
+    tiny_tokenizer_fixture,
+)
+
+from cprec_recbole.builtin.prompt_templates import LLARA_HYBRID, UNIFIED
+from cprec_recbole.evaluation import INVALID
+from cprec_recbole.llm.batching import encode_batch
+from cprec_recbole.llm.inference import (
+    EvalContext,
+    StopAtNewline,
+    candidate_log_likelihoods,
+    generate,
+    generate_texts,
+    iterative_ranks,
+    newline_token_ids,
+    parse_answer,
+    score,
+)
+from cprec_recbole.llm.projector import Projector, embed_batch
+from cprec_recbole.llm.prompts import answer_text, render
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+CANDIDATES = ["Halo 3", "Mario Kart", "Tetris"]
+
+
+def test_parse_answer_accepts_exactly_one_candidate_case_insensitively():
+    assert parse_answer(" mario KART\nHalo 3", CANDIDATES) == 1  # only the first line counts
+    assert parse_answer("The answer is TETRIS.", CANDIDATES) == 2
+
+
+def test_parse_answer_rejects_no_candidate_and_two_candidates():
+    assert parse_answer(" Zelda\n", CANDIDATES) is None
+    assert parse_answer(" Halo 3 or Tetris\n", CANDIDATES) is None
+    assert parse_answer("\nTetris", CANDIDATES) == 2  # leading whitespace is stripped first
+
+
+def context(config=None, **kw) -> EvalContext:
+    base = {"show_progress": False, "eval_batch_users": 3}
+    return EvalContext(LLARA_HYBRID, TITLES, ITEM_INDEX, "game", {**base, **(config or {})}, **kw)
+
+
+def test_iterative_top5_never_repeats_a_candidate_and_rerenders_without_picks():
+    users = samples(4, n_candidates=8)
+    seen_prompts: dict[str, list[list[str]]] = {s.user_id: [] for s in users}
+
+    def answer_last_non_target(batch):
+        out = []
+        for s in batch:
+            seen_prompts[s.user_id].append(list(s.candidates))
+            others = [c for c in s.candidates if c != s.target]
+            out.append(f" {TITLES[others[-1]].upper()}\nextra")
+        return out
+
+    result = iterative_ranks(users, context(), answer_last_non_target)
+    assert result.ranks.tolist() == [5] * 4  # never picked within 5 rounds
+    assert result.valid.all()
+    for s, picks in zip(users, result.picks, strict=True):
+        assert len(picks) == 5 and len(set(picks)) == 5 and s.target not in picks
+        for r, cands in enumerate(seen_prompts[s.user_id]):
+            assert set(cands) == set(s.candidates) - set(picks[:r])
+
+
+def test_iterative_rank_is_the_round_of_the_positive_or_invalid():
+    users = samples(3, n_candidates=6)
+    order = {s.user_id: [c for c in s.candidates if c != s.target] for s in users}
+
+    def answer(batch):
+        out = []
+        for s in batch:
+            if s.user_id == "u0":
+                out.append(" nothing I know\n")  # invalid at round 0
+            elif s.user_id == "u1":  # two wrong picks, then the positive
+                wrong = [c for c in order["u1"][:2] if c in s.candidates]
+                out.append(f" {TITLES[wrong[0] if wrong else s.target]}\n")
+            else:  # valid once, then repeats its first pick (no longer a candidate): invalid
+                out.append(f" {TITLES[order['u2'][0]]}\n")
+        return out
+
+    result = iterative_ranks(users, context(), answer)
+    assert result.ranks.tolist() == [INVALID, 2, 5]
+    assert result.valid.tolist() == [False, True, True]
+    assert result.answers[0] == " nothing I know\n"
+
+
+def slow_scores(model, tokenizer, sample, ctx) -> torch.Tensor:
+    """Reference: one full forward of prompt + answer per candidate, no padding, no cache."""
+    out = []
+    for candidate in sample.candidates:
+        single = replace(sample, target=candidate)
+        batch = encode_batch(
+            tokenizer, ctx.template, [single], ctx.titles, ctx.item_index, ctx.noun, True
+        )
+        embeds = embed_batch(model, batch, ctx.item_embeddings, ctx.projector)
+        logits = model(inputs_embeds=embeds).logits[0, :-1].log_softmax(-1)
+        targets = batch.labels[0, 1:]
+        keep = targets != -100
+        out.append(logits[keep].gather(-1, targets[keep, None]).mean())
+    return torch.stack(out)
+
+
+@torch.no_grad()
+def test_cached_batched_scores_equal_full_forward_per_candidate(tiny_tokenizer, tiny_model):
+    torch.manual_seed(0)
+    users = samples(4, n_candidates=5)
+    users[2] = replace(users[2], candidates=users[2].candidates[:3])  # unequal candidate counts
+    ctx = context(
+        item_embeddings=torch.randn(len(TITLES), 8),
+        projector=Projector(8, tiny_model.config.hidden_size),
+    )
+    fast = candidate_log_likelihoods(tiny_model, tiny_tokenizer, users, ctx)
+    for sample, got in zip(users, fast, strict=True):
+        expected = slow_scores(tiny_model, tiny_tokenizer, sample, ctx)
+        assert torch.allclose(got, expected, atol=1e-5), (got, expected)
+
+    result = score(tiny_model, tiny_tokenizer, users, ctx)
+    for sample, scores, rank in zip(users, fast, result.ranks, strict=True):
+        target = sample.candidates.index(sample.target)
+        assert rank == int((scores >= scores[target]).sum()) - 1
+    assert result.valid.all()
+
+
+@torch.no_grad()
+def test_batched_left_padded_generation_equals_one_prompt_at_a_time(tiny_tokenizer, tiny_model):
+    ctx = context(
+        {"max_new_tokens": 6},
+        item_embeddings=torch.randn(len(TITLES), 8),
+        projector=Projector(8, tiny_model.config.hidden_size),
+    )
+    users = samples(3)
+    batched = generate_texts(tiny_model, tiny_tokenizer, users, ctx)
+    alone = [generate_texts(tiny_model, tiny_tokenizer, [s], ctx)[0] for s in users]
+    assert batched == alone
+
+
+def test_stop_at_newline_stops_each_row_once_it_generated_a_newline():
+    stop = StopAtNewline(torch.tensor([7, 9]))
+    generated = torch.tensor([[1, 2, 3], [1, 9, 3], [7, 2, 2]])
+    assert stop(generated, None).tolist() == [False, True, True]
+
+
+def test_newline_tokens_cover_every_token_that_decodes_to_a_newline(tiny_tokenizer):
+    ids = newline_token_ids(tiny_tokenizer)
+    assert tiny_tokenizer("\n", add_special_tokens=False)["input_ids"][-1] in ids.tolist()
+    assert all("\n" in tiny_tokenizer.decode([i]) for i in ids.tolist())
+
+
+def memorise(model, tokenizer, users, ctx, steps: int = 80) -> None:
+    """Plain AdamW on the answer-only loss until the tiny model knows each prompt's answer."""
+    params = list(model.parameters()) + list(ctx.projector.parameters())
+    optimizer = torch.optim.AdamW(params, lr=3e-3)
+    batch = encode_batch(tokenizer, ctx.template, users, TITLES, ITEM_INDEX, "game", True)
+    model.train()
+    for _ in range(steps):
+        embeds = embed_batch(model, batch, ctx.item_embeddings, ctx.projector)
+        loss = model(
+            inputs_embeds=embeds,
+            attention_mask=batch.attention_mask,
+            position_ids=batch.position_ids,
+            labels=batch.labels,
+        ).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if loss.item() < 0.02:
+            break
+    model.eval()
+
+
+def test_memorised_model_generate_and_score_pick_the_same_correct_top1(tiny_tokenizer, tiny_model):
+    torch.manual_seed(0)
+    users = samples(4, n_candidates=5)
+    ctx = context(
+        item_embeddings=torch.randn(len(TITLES), 8),
+        projector=Projector(8, tiny_model.config.hidden_size),
+    )
+    memorise(tiny_model, tiny_tokenizer, users, ctx)
+    generated = generate(tiny_model, tiny_tokenizer, users, ctx)
+    scored = score(tiny_model, tiny_tokenizer, users, ctx)
+    assert generated.ranks.tolist() == [0] * 4
+    assert scored.ranks.tolist() == [0] * 4
+    assert generated.valid.all()
+    assert generated.answers == [answer_text(TITLES[s.target]) for s in users]
+    assert scored.answers == [TITLES[s.target] for s in users]
+
+
+def test_text_only_model_runs_without_projector(tiny_tokenizer, tiny_model):
+    users = samples(2, n_candidates=3)
+    ctx = replace(context({"max_new_tokens": 3}), template=UNIFIED)
+    assert "item title candidates" in render(UNIFIED, ["a"], ["b"], "game")
+    out = score(tiny_model, tiny_tokenizer, users, ctx)
+    assert out.ranks.shape == (2,) and ((out.ranks >= 0) & (out.ranks < 3)).all()
+    gen = generate(tiny_model, tiny_tokenizer, users, ctx)
+    assert np.isin(gen.ranks, [INVALID, 0, 1, 2, 5]).all()

@@ -1,0 +1,71 @@
+"""LLM recommenders through the shared CLI pipeline, on the tiny-random backbone."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import pytest
+
+from cprec_recbole.llm.sft import hybrid_probability
+from cprec_recbole.quick_start import build_config, run
+
+
+@pytest.fixture
+def llm_overrides(tiny_overrides):
+    return {
+        **tiny_overrides,
+        "llm_backbone": "tiny-random",
+        "sft_samples": 48,
+        "valid_users": 8,
+        "eval_users": 12,
+        "epochs": 2,
+        "micro_batch_size": 8,
+        "train_batch_size": 8,
+        "rec_model_overrides": {"epochs": 1, "hidden_size": 16, "inner_size": 32, "n_layers": 1},
+    }
+
+
+def test_curriculum_probability_grows_linearly_and_reaches_one_at_the_last_step():
+    probabilities = [hybrid_probability(step, 10) for step in range(10)]
+    assert probabilities[0] == 0.0 and probabilities[-1] == 1.0
+    assert all(b > a for a, b in itertools.pairwise(probabilities))
+
+
+def test_tiny_random_brings_the_tiny_budget_unless_overridden(plugins):
+    config = build_config("LLaRA", "Game", plugins, overrides={"llm_backbone": "tiny-random"})
+    assert config["sft_samples"] == 256 and config["epochs"] == 1
+    config = build_config(
+        "LLaRA", "Game", plugins, overrides={"llm_backbone": "tiny-random", "epochs": 3}
+    )
+    assert config["epochs"] == 3
+    assert build_config("SASRec", "Game", plugins)["epochs"] == 50  # profiles are LLM-only
+
+
+def test_llara_runs_end_to_end_and_its_stages_are_reused(llm_overrides, caplog):
+    caplog.set_level("INFO")
+    first = run("LLaRA", "Tiny", overrides=llm_overrides)
+    assert first["test"]["users"] == 12 and first["test"]["valid_ratio"] == 1.0
+    saved = Path(llm_overrides["output_dir"])
+    (sft,) = saved.glob("sft/*/manifest.json")
+    epochs = json.loads(sft.read_text())["metrics"]["epochs"]
+    assert len(epochs) == 2 and epochs[-1]["hybrid_probability"] == 1.0
+    assert all(e["train_samples_per_s"] > 0 and e["peak_memory_mb"] > 0 for e in epochs)
+    caplog.clear()
+    again = run("LLaRA", "Tiny", overrides=llm_overrides)
+    assert again["test"] == first["test"]
+    for stage in ("data", "rec_model", "sft", "eval"):
+        assert f"stage {stage}: reusing" in caplog.text
+    caplog.clear()
+    forced = run("LLaRA", "Tiny", overrides=llm_overrides, force=["eval"])
+    assert "stage eval: building" in caplog.text and "stage sft: reusing" in caplog.text
+    assert forced["test"] == first["test"]  # reloaded LoRA + projector score the same
+
+
+def test_zero_shot_uses_no_rec_model_and_reads_the_same_candidates(llm_overrides):
+    zero = run("LLaMA2ZeroShot", "Tiny", overrides=llm_overrides)
+    sasrec = run("SASRec", "Tiny", overrides=llm_overrides)
+    assert zero["candidates_sha256"] == sasrec["candidates_sha256"]
+    assert zero["valid"] is None and 0.0 <= zero["test"]["hr@1"] <= 1.0
+    assert not list(Path(llm_overrides["output_dir"]).glob("sft/*"))
