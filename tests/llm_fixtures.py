@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
 from cprec_recbole.builtin.prompt_templates import LLARA_HYBRID, LLARA_TEXT, SENTENCE
+from cprec_recbole.llm.backbone import add_special_tokens, load_backbone
 from cprec_recbole.llm.batching import LLMSample
+from cprec_recbole.plugins import load_plugins
 
 TITLES = {
     "i0": "Red Castle",
@@ -29,50 +30,18 @@ TITLES = {
     "i11": "Frozen Lake",
 }
 ITEM_INDEX = {item: row for row, item in enumerate(TITLES)}
-SPECIAL = ["<s>", "</s>", "<pad>", "<unk>"]
 TEMPLATE_TOKENS = list(dict.fromkeys(LLARA_HYBRID.special_tokens + LLARA_TEXT.special_tokens))
 
 
-def train_tokenizer() -> PreTrainedTokenizerFast:
-    """Byte-level BPE on the prompt sentence and the titles; BOS prepended like Llama."""
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    corpus = [SENTENCE, "game item movie"] + [f" {t}\n" for t in TITLES.values()] * 3
-    trainer = trainers.BpeTrainer(
-        vocab_size=400, special_tokens=SPECIAL, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-    )
-    tok.train_from_iterator(corpus, trainer)
-    tok.post_processor = processors.TemplateProcessing(
-        single="<s> $A", special_tokens=[("<s>", tok.token_to_id("<s>"))]
-    )
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token="<s>",
-        eos_token="</s>",
-        pad_token="<pad>",
-        unk_token="<unk>",
-    )
-    fast.add_special_tokens({"additional_special_tokens": TEMPLATE_TOKENS})
-    return fast
+CORPUS = [SENTENCE, "game item movie"] + [f" {t}\n" for t in TITLES.values()] * 3
+CONFIG = {"llm_backbone": "tiny-random", "seed": 0, "dtype": "fp32", "device": "cpu"}
 
 
-def tiny_llama(tokenizer, seed: int = 0) -> LlamaForCausalLM:
-    """hidden 64, 2 layers, fp32: real attention, rotary positions and KV cache in milliseconds."""
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    return LlamaForCausalLM(config).eval()
+def tiny_backbone() -> tuple[LlamaForCausalLM, PreTrainedTokenizerFast]:
+    """The tiny-random backbone on the fixture titles, with the LLaRA placeholder tokens."""
+    model, tokenizer = load_backbone(CONFIG, load_plugins(), CORPUS)
+    add_special_tokens(model, tokenizer, TEMPLATE_TOKENS)
+    return model, tokenizer
 
 
 def samples(n: int = 4, n_candidates: int = 5) -> list[LLMSample]:
@@ -88,12 +57,12 @@ def samples(n: int = 4, n_candidates: int = 5) -> list[LLMSample]:
 
 @pytest.fixture(scope="session", name="tiny_tokenizer")
 def tiny_tokenizer_fixture() -> PreTrainedTokenizerFast:
-    return train_tokenizer()
+    return tiny_backbone()[1]
 
 
 @pytest.fixture(name="tiny_model")
-def tiny_model_fixture(tiny_tokenizer) -> LlamaForCausalLM:
-    return tiny_llama(tiny_tokenizer)
+def tiny_model_fixture() -> LlamaForCausalLM:
+    return tiny_backbone()[0]
 
 
 @pytest.fixture(name="one_thread")
