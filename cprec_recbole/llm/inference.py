@@ -204,6 +204,7 @@ def candidate_log_likelihoods(
         attention_mask=batch.attention_mask,
         position_ids=batch.position_ids,
         use_cache=True,
+        logits_to_keep=1,  # only the last position's logits are read
     )
     counts = torch.tensor([len(s.candidates) for s in samples], device=device)
     owner = torch.repeat_interleave(torch.arange(len(samples), device=device), counts)
@@ -222,7 +223,7 @@ def candidate_log_likelihoods(
         attention_mask=torch.cat([prompt_mask, cand_mask], dim=1),
         position_ids=positions,
         past_key_values=cache,
-        use_cache=True,
+        use_cache=False,  # appending to the repeated cache would copy it in every layer
     ).logits
     first = _token_log_probs(out.logits[:, -1][owner], cand[:, 0])
     rest = _token_log_probs(logits[:, :-1], cand[:, 1:])
