@@ -1,10 +1,12 @@
 """Wall time of `generate` (iterative, 5 rounds for HR@5) vs `score` on the same model and users.
 
-    python benchmarks/inference.py --dataset=Game --data_path=../shared/data \
+    python benchmarks/inference.py --model=LLaRA --dataset=Game --data_path=../shared/data \
         --llm_backbone=smollm2-135m --users=20
 
-Prints both times, users/s and the ratio generate/score, and writes benchmarks/results/
-inference-<backbone>.json. Any other --key=value is a config override (as in the CLI).
+The model's cached stages are reused (a fine-tuned LLaRA answers validly, so generation really
+runs its 5 rounds; a zero-shot model that answers invalidly stops after one). Prints both times,
+users/s and the ratio generate/score, and writes benchmarks/results/inference-<model>-<backbone>
+.json. Any other --key=value is a config override, as in the CLI.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ from cprec_recbole.cli import split_args
 from cprec_recbole.data.prepare import prepare
 from cprec_recbole.evaluation import evaluate_ranks
 from cprec_recbole.io import write_json
-from cprec_recbole.models.llama2_zero_shot import LLaMA2ZeroShot
 from cprec_recbole.plugins import load_plugins
 from cprec_recbole.quick_start import build_config
 
@@ -27,15 +28,17 @@ def main(argv: list[str]) -> dict:
     overrides, plugin_files, _, config_files = split_args(argv)
     users = int(overrides.pop("users", 20))
     dataset = str(overrides.pop("dataset", "Game"))
+    name = str(overrides.pop("model", "LLaRA"))
     plugins = load_plugins(plugin_files)
     overrides.setdefault("show_progress", False)
-    config = build_config("LLaMA2ZeroShot", dataset, plugins, config_files, overrides)
+    config = build_config(name, dataset, plugins, config_files, overrides)
     config["eval_users"] = users
     data = prepare(config, plugins)
-    model = LLaMA2ZeroShot(config, data, plugins, set())
-    llm, tokenizer, ctx = model.load()
+    model = plugins.models.get(name)(config, data, plugins, set())
+    llm, tokenizer, ctx = model.trained(model.sft_folder())
     samples = model.eval_samples("test", "eval_users")
     out = {
+        "model": name,
         "backbone": config["llm_backbone"],
         "dataset": dataset,
         "users": len(samples),
@@ -66,7 +69,7 @@ def main(argv: list[str]) -> dict:
     )
     print(f"score: {out['score']['seconds']:.1f} s for {len(samples)} users")
     print(f"ratio generate/score: {out['ratio_generate_over_score']:.2f}x")
-    target = Path(__file__).parent / "results" / f"inference-{config['llm_backbone']}.json"
+    target = Path(__file__).parent / "results" / f"inference-{name}-{config['llm_backbone']}.json"
     write_json(target, out)
     print(json.dumps(out, indent=2))
     return out

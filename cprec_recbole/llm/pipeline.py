@@ -223,15 +223,18 @@ class LLMRecommender:
             "eval" in self.force,
         )
 
-    def _eval(self, folder: Path, sft: Path | None) -> dict:
+    def trained(self, sft: Path | None):
+        """(model, tokenizer, ctx) as fine-tuned: kept from this process's SFT, else reloaded."""
         loaded = getattr(self, "_loaded", None)
         if loaded is None:
             loaded = self.load()
             if sft is not None:
-                load_trainable_state(
-                    loaded[0], loaded[2].projector, torch.load(sft / "trainable.pt")
-                )
-        model, tokenizer, ctx = loaded
+                state = torch.load(sft / "trainable.pt")
+                load_trainable_state(loaded[0], loaded[2].projector, state)
+        return loaded
+
+    def _eval(self, folder: Path, sft: Path | None) -> dict:
+        model, tokenizer, ctx = self.trained(sft)
         samples = self.eval_samples("test", "eval_users")
         evaluator = self.plugins.evaluators.get(self.config["inference"])
         start = time.time()
