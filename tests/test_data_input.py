@@ -11,47 +11,45 @@ from cprec_recbole.plugins import UnknownNameError
 from cprec_recbole.quick_start import build_config
 from tests.conftest import INTER_HEADER, ITEM_HEADER, cyclic_sequences, write_dataset
 
-
-def test_wrong_column_count_in_inter_names_file_and_line(tmp_path):
-    path = tmp_path / "x.inter"
-    path.write_text(f"{INTER_HEADER}\nu1\ti1\t1\nu1\ti2\t2\textra\n")
-    with pytest.raises(DataError, match=r"x\.inter:3: expected 3 tab-separated fields"):
-        read_atomic(path, INTER_FIELDS)
-
-
-def test_missing_field_in_a_row_names_the_line(tmp_path):
-    path = tmp_path / "x.inter"
-    path.write_text(f"{INTER_HEADER}\nu1\ti1\t1\nu1\ti2\n")
-    with pytest.raises(DataError, match=r"x\.inter:3: .*found 2"):
-        read_atomic(path, INTER_FIELDS)
-
-
-def test_non_numeric_timestamp_names_line_and_value(tmp_path):
-    path = tmp_path / "x.inter"
-    path.write_text(f"{INTER_HEADER}\nu1\ti1\t1\nu1\ti2\tyesterday\n")
-    with pytest.raises(DataError, match=r"x\.inter:3: field timestamp must be a number.*yesterday"):
-        read_atomic(path, INTER_FIELDS)
-
-
-def test_duplicate_header_fields_are_refused(tmp_path):
-    path = tmp_path / "x.inter"
-    path.write_text("user_id:token\titem_id:token\titem_id:token\nu1\ti1\ti1\n")
-    with pytest.raises(DataError, match=r"x\.inter:1: duplicate header field\(s\) item_id"):
-        read_atomic(path, INTER_FIELDS)
-
-
-def test_header_without_required_field_says_what_is_expected(tmp_path):
-    path = tmp_path / "x.inter"
-    path.write_text("user_id:token\titem:token\ttimestamp:float\nu1\ti1\t1\n")
-    with pytest.raises(DataError, match=r"lacks item_id"):
-        read_atomic(path, INTER_FIELDS)
+BAD_FILES = {
+    "wrong_column_count": (
+        "x.inter",
+        f"{INTER_HEADER}\nu1\ti1\t1\nu1\ti2\t2\textra\n",
+        r"x\.inter:3: expected 3 tab-separated fields",
+    ),
+    "missing_field": ("x.inter", f"{INTER_HEADER}\nu1\ti1\t1\nu1\ti2\n", r"x\.inter:3: .*found 2"),
+    "non_numeric_timestamp": (
+        "x.inter",
+        f"{INTER_HEADER}\nu1\ti1\t1\nu1\ti2\tyesterday\n",
+        r"x\.inter:3: field timestamp must be a number.*yesterday",
+    ),
+    "duplicate_header_field": (
+        "x.inter",
+        "user_id:token\titem_id:token\titem_id:token\nu1\ti1\ti1\n",
+        r"x\.inter:1: duplicate header field\(s\) item_id",
+    ),
+    "header_lacks_a_field": (
+        "x.inter",
+        "user_id:token\titem:token\ttimestamp:float\nu1\ti1\t1\n",
+        r"lacks item_id",
+    ),
+    "tab_in_title": (
+        "x.item",
+        f"{ITEM_HEADER}\ni1\tGood title\ni2\tBad\ttitle\n",
+        r"x\.item:3: .*must not contain a tab",
+    ),
+}
 
 
-def test_title_with_a_tab_is_an_error_naming_the_line(tmp_path):
-    path = tmp_path / "x.item"
-    path.write_text(f"{ITEM_HEADER}\ni1\tGood title\ni2\tBad\ttitle\n")
-    with pytest.raises(DataError, match=r"x\.item:3: .*must not contain a tab"):
-        read_atomic(path, ITEM_FIELDS)
+@pytest.mark.parametrize("name, text, message", BAD_FILES.values(), ids=list(BAD_FILES))
+def test_malformed_atomic_file_is_an_error_naming_file_line_and_problem(
+    tmp_path, name, text, message
+):
+    path = tmp_path / name
+    path.write_text(text)
+    fields = INTER_FIELDS if name.endswith(".inter") else ITEM_FIELDS
+    with pytest.raises(DataError, match=message):
+        read_atomic(path, fields)
 
 
 def test_title_with_an_unmatched_quote_is_kept_verbatim_and_swallows_nothing(tmp_path):
