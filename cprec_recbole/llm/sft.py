@@ -136,6 +136,16 @@ def fine_tune(
                 optimizer.zero_grad(set_to_none=True)
                 step += 1
             bar.set_postfix(loss=f"{losses[-1]:.3f}", p_hybrid=f"{p:.2f}")
+            if (i + 1) % max(1, len(bar) // 10) == 0:  # the log file shows progress too
+                done = min(first + micro, len(order))
+                logger.info(
+                    "sft epoch %d: %d/%d samples, loss %.4f, %.2f samples/s",
+                    epoch,
+                    done,
+                    len(order),
+                    sum(losses) / len(losses),
+                    done / (time.time() - start),
+                )
         train_time = time.time() - start
         model.eval()
         valid = _valid(model, setup, config)
