@@ -10,7 +10,6 @@ import logging
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 from recbole.config import Config
 from recbole.data import create_dataset, data_preparation
@@ -91,7 +90,3 @@ def train_rec_model(model_cls: type, config: dict, data: PreparedData, force: bo
         lambda folder: _train(model_cls, config, data, folder),
         force=force,
     )
-
-
-def test_ranks(folder: Path) -> np.ndarray:
-    return pd.read_csv(folder / "test_ranks.tsv", sep="\t")["rank"].to_numpy()

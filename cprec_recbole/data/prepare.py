@@ -11,6 +11,7 @@ import csv
 import hashlib
 import logging
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import pandas as pd
@@ -52,7 +53,7 @@ class PreparedData:
     items: pd.DataFrame
     history_len: int
 
-    @property
+    @cached_property
     def sequences(self) -> pd.Series:
         return user_sequences(self.inter)
 
