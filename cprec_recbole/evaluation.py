@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 INVALID = -1
+UNRANKED = 1_000_000  # the positive was not among the ranked picks (e.g. iterative generation)
 
 
 def ranks_from_scores(scores: np.ndarray, target_index: np.ndarray) -> np.ndarray:

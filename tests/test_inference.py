@@ -17,7 +17,7 @@ from llm_fixtures import (  # noqa: F401  (pytest fixtures)
 )
 
 from cprec_recbole.builtin.prompt_templates import LLARA_HYBRID, UNIFIED
-from cprec_recbole.evaluation import INVALID
+from cprec_recbole.evaluation import INVALID, UNRANKED, rank_metrics
 from cprec_recbole.llm.batching import encode_batch
 from cprec_recbole.llm.inference import (
     EvalContext,
@@ -66,7 +66,7 @@ def test_iterative_top5_never_repeats_a_candidate_and_rerenders_without_picks():
         return out
 
     result = iterative_ranks(users, context(), answer_last_non_target)
-    assert result.ranks.tolist() == [5] * 4  # never picked within 5 rounds
+    assert result.ranks.tolist() == [UNRANKED] * 4  # never picked within 5 rounds
     assert result.valid.all()
     for s, picks in zip(users, result.picks, strict=True):
         assert len(picks) == 5 and len(set(picks)) == 5 and s.target not in picks
@@ -91,7 +91,7 @@ def test_iterative_rank_is_the_round_of_the_positive_or_invalid():
         return out
 
     result = iterative_ranks(users, context(), answer)
-    assert result.ranks.tolist() == [INVALID, 2, 5]
+    assert result.ranks.tolist() == [INVALID, 2, UNRANKED]
     assert result.valid.tolist() == [False, True, True]
     assert result.answers[0] == " nothing I know\n"
 
@@ -205,3 +205,14 @@ def test_text_only_model_runs_without_projector(tiny_tokenizer, tiny_model):
     assert out.ranks.shape == (2,) and ((out.ranks >= 0) & (out.ranks < 3)).all()
     gen = generate(tiny_model, tiny_tokenizer, users, ctx)
     assert np.isin(gen.ranks, [INVALID, 0, 1, 2, 5]).all()
+
+
+def test_a_positive_never_picked_in_one_round_is_no_hit_at_any_k():
+    users = samples(3, n_candidates=6)
+
+    def answer_a_non_target(batch):
+        return [f" {TITLES[next(c for c in s.candidates if c != s.target)]}\n" for s in batch]
+
+    result = iterative_ranks(users, context({"eval_rounds": 1}), answer_a_non_target)
+    metrics = rank_metrics(result.ranks)
+    assert metrics["hr@3"] == metrics["hr@5"] == 0.0 and result.valid.all()

@@ -23,7 +23,7 @@ from torch.nn.utils.rnn import pad_sequence
 from tqdm import tqdm
 from transformers import StoppingCriteria, StoppingCriteriaList
 
-from cprec_recbole.evaluation import INVALID, ranks_from_scores
+from cprec_recbole.evaluation import INVALID, UNRANKED, ranks_from_scores
 from cprec_recbole.llm.batching import LLMSample, encode_batch, pad_id
 from cprec_recbole.llm.projector import embed_batch, model_device
 from cprec_recbole.llm.prompts import PromptTemplate, answer_text
@@ -131,11 +131,12 @@ def iterative_ranks(
     """Pick, remove, re-render, ``eval_rounds`` times; ``answer`` maps prompts to model text.
 
     Rank = the round where the positive was picked; ``INVALID`` if round 0 named no single
-    candidate; ``eval_rounds`` if never picked (a later invalid answer also ends the user).
+    candidate; ``UNRANKED`` if never picked (a later invalid answer also ends the user), so
+    HR@k for k above ``eval_rounds`` counts only what was actually ranked.
     """
     rounds = int(ctx.config.get("eval_rounds", 5))
     n = len(samples)
-    ranks = np.full(n, rounds, dtype=np.int64)
+    ranks = np.full(n, UNRANKED, dtype=np.int64)
     valid = np.zeros(n, dtype=bool)
     answers = [""] * n
     picks: list[list[str]] = [[] for _ in range(n)]
@@ -153,7 +154,7 @@ def iterative_ranks(
                 if r == 0:
                     answers[u], valid[u] = text, k is not None
                 if k is None:
-                    ranks[u] = INVALID if r == 0 else rounds
+                    ranks[u] = INVALID if r == 0 else UNRANKED
                     continue
                 picks[u].append(remaining[u].pop(k))
                 if picks[u][-1] == samples[u].target:
