@@ -32,6 +32,7 @@ from cprec_recbole.llm.inference import (
 )
 from cprec_recbole.llm.projector import Projector, embed_batch
 from cprec_recbole.llm.prompts import answer_text, render
+from cprec_recbole.llm.sft import answer_loss
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 CANDIDATES = ["Halo 3", "Mario Kart", "Tetris"]
@@ -165,13 +166,7 @@ def memorise(model, tokenizer, users, ctx, steps: int = 80) -> None:
     batch = encode_batch(tokenizer, ctx.template, users, TITLES, ITEM_INDEX, "game", True)
     model.train()
     for _ in range(steps):
-        embeds = embed_batch(model, batch, ctx.item_embeddings, ctx.projector)
-        loss = model(
-            inputs_embeds=embeds,
-            attention_mask=batch.attention_mask,
-            position_ids=batch.position_ids,
-            labels=batch.labels,
-        ).loss
+        loss = answer_loss(model, batch, ctx.item_embeddings, ctx.projector)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

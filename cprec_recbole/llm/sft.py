@@ -31,6 +31,19 @@ def hybrid_probability(step: int, total_steps: int) -> float:
     return min(1.0, step / max(total_steps - 1, 1))
 
 
+def answer_loss(
+    model: nn.Module, batch, item_embeddings: torch.Tensor | None, projector: nn.Module | None
+) -> torch.Tensor:
+    """Causal-LM loss on the answer tokens, with item embeddings injected at the placeholders."""
+    embeds = embed_batch(model, batch, item_embeddings, projector)
+    return model(
+        inputs_embeds=embeds,
+        attention_mask=batch.attention_mask,
+        position_ids=batch.position_ids,  # as in generation and scoring (left padding)
+        labels=batch.labels,
+    ).loss
+
+
 def trainable_state(model: nn.Module, projector: nn.Module | None) -> dict:
     """What fine-tuning changed: the LoRA weights and the projector."""
     lora = {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
@@ -121,13 +134,7 @@ def fine_tune(
                 hybrid=hybrid,
                 text_template=setup.text_template,
             ).to(device)
-            embeds = embed_batch(model, batch, setup.ctx.item_embeddings, projector)
-            loss = model(
-                inputs_embeds=embeds,
-                attention_mask=batch.attention_mask,
-                position_ids=batch.position_ids,
-                labels=batch.labels,
-            ).loss
+            loss = answer_loss(model, batch, setup.ctx.item_embeddings, projector)
             (loss / accumulate).backward()
             losses.append(loss.item())
             if (i + 1) % accumulate == 0 or first + micro >= len(order):
