@@ -18,8 +18,8 @@ from pathlib import Path
 
 from cprec_recbole.cli import split_args
 from cprec_recbole.data.prepare import prepare
-from cprec_recbole.evaluation import evaluate_ranks
 from cprec_recbole.io import write_json
+from cprec_recbole.llm.inference import output_metrics
 from cprec_recbole.plugins import load_plugins
 from cprec_recbole.quick_start import build_config
 
@@ -50,10 +50,7 @@ def main(argv: list[str]) -> dict:
         start = time.perf_counter()
         result = evaluator(llm, tokenizer, samples, ctx)
         seconds = time.perf_counter() - start
-        lengths = [len(s.history) for s in samples]
-        metrics = evaluate_ranks(
-            result.ranks, lengths, list(config["sparsity_buckets"]), result.valid
-        )
+        metrics = output_metrics(result, samples, config["sparsity_buckets"])
         out[mode] = {
             "seconds": round(seconds, 2),
             "users_per_s": round(len(samples) / seconds, 4),

@@ -23,7 +23,7 @@ from torch.nn.utils.rnn import pad_sequence
 from tqdm import tqdm
 from transformers import StoppingCriteria, StoppingCriteriaList
 
-from cprec_recbole.evaluation import INVALID, UNRANKED, ranks_from_scores
+from cprec_recbole.evaluation import INVALID, UNRANKED, evaluate_ranks, ranks_from_scores
 from cprec_recbole.llm.batching import LLMSample, encode_batch, pad_id
 from cprec_recbole.llm.projector import embed_batch, model_device
 from cprec_recbole.llm.prompts import PromptTemplate, answer_text
@@ -54,6 +54,12 @@ class EvalOutput:
 
 
 Evaluator = Callable[[nn.Module, Any, Sequence[LLMSample], EvalContext], EvalOutput]
+
+
+def output_metrics(out: EvalOutput, samples: Sequence[LLMSample], edges: Sequence[int]) -> dict:
+    """The shared metrics of an evaluator's output, bucketed by each sample's history length."""
+    lengths = np.array([len(s.history) for s in samples])
+    return evaluate_ranks(out.ranks, lengths, list(edges), out.valid)
 
 
 def parse_answer(text: str, candidate_titles: Sequence[str]) -> int | None:

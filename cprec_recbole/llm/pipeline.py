@@ -6,7 +6,6 @@ stages they use through class attributes; each stage is cached under ``saved/<st
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
@@ -20,16 +19,15 @@ from cprec_recbole.config import load_config
 from cprec_recbole.data.candidates import draw_candidate_sets
 from cprec_recbole.data.prepare import PreparedData
 from cprec_recbole.data.windows import sliding_windows
-from cprec_recbole.evaluation import evaluate_ranks
 from cprec_recbole.io import write_atomic, write_json
 from cprec_recbole.llm.backbone import add_lora, add_special_tokens, load_backbone
 from cprec_recbole.llm.batching import LLMSample, shorten_titles
-from cprec_recbole.llm.inference import EvalContext
+from cprec_recbole.llm.inference import EvalContext, output_metrics
 from cprec_recbole.llm.projector import Projector
 from cprec_recbole.llm.sft import SFTSetup, fine_tune, load_trainable_state
 from cprec_recbole.plugins import Plugins
 from cprec_recbole.rec_model import train_rec_model
-from cprec_recbole.stages import peak_memory_mb, run_stage
+from cprec_recbole.stages import peak_memory_mb, read_manifest, run_stage
 
 logger = logging.getLogger(__name__)
 REC_MODEL = "SASRec"
@@ -61,7 +59,6 @@ SFT_KEYS = (
     "seed",
     "history_len",
     "min_history",
-    "init_lora",
 )
 EVAL_KEYS = ("inference", "eval_users", "eval_rounds", "max_new_tokens", "eval_seed")
 
@@ -209,7 +206,7 @@ class LLMRecommender:
     def sft_folder(self) -> Path | None:
         if not self.fine_tunes:
             return None
-        keys = {**self.stage_keys(SFT_KEYS), "force": None}
+        keys = self.stage_keys(SFT_KEYS)
         return run_stage("sft", keys, self.config["output_dir"], self._sft, "sft" in self.force)
 
     def evaluate(self) -> Path:
@@ -240,25 +237,23 @@ class LLMRecommender:
         start = time.time()
         out = evaluator(model, tokenizer, samples, ctx)
         seconds = time.time() - start
-        lengths = np.array([len(s.history) for s in samples])
-        test = evaluate_ranks(out.ranks, lengths, list(self.config["sparsity_buckets"]), out.valid)
+        test = output_metrics(out, samples, self.config["sparsity_buckets"])
         pd.DataFrame(
             {
                 "user_id": [s.user_id for s in samples],
                 "rank": out.ranks,
                 "valid": out.valid,
-                "history_len": lengths,
+                "history_len": [len(s.history) for s in samples],
                 "answer": out.answers,
             }
         ).to_csv(folder / "test_ranks.tsv", sep="\t", index=False)
-        sft_manifest = (sft / "manifest.json").read_text() if sft else None
         results = {
             "model": self.config["model"],
             "dataset": self.config["dataset"],
             "backbone": self.config["llm_backbone"],
             "inference": self.config["inference"],
             "test": test,
-            "valid": _best_valid(sft_manifest),
+            "valid": read_manifest(sft)["metrics"]["best_valid"] if sft else None,
             "eval_time_s": round(seconds, 1),
             "eval_users_per_s": round(len(samples) / max(seconds, 1e-9), 4),
             "peak_memory_mb": peak_memory_mb(),
@@ -266,7 +261,3 @@ class LLMRecommender:
         }
         write_json(folder / "results.json", results)
         return results
-
-
-def _best_valid(manifest_text: str | None) -> dict | None:
-    return json.loads(manifest_text)["metrics"]["best_valid"] if manifest_text else None

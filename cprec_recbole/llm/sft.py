@@ -16,9 +16,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from cprec_recbole.evaluation import evaluate_ranks
 from cprec_recbole.llm.batching import LLMSample, encode_batch
-from cprec_recbole.llm.inference import EvalContext
+from cprec_recbole.llm.inference import EvalContext, output_metrics
 from cprec_recbole.llm.projector import embed_batch, model_device
 from cprec_recbole.llm.prompts import PromptTemplate
 from cprec_recbole.stages import peak_memory_mb
@@ -87,8 +86,7 @@ def _optimizer(model: nn.Module, projector: nn.Module | None, config: dict):
 
 def _valid(model, setup: SFTSetup, config: dict) -> dict:
     out = setup.evaluator(model, setup.tokenizer, setup.valid_samples, setup.ctx)
-    lengths = [len(s.history) for s in setup.valid_samples]
-    return evaluate_ranks(out.ranks, lengths, list(config["sparsity_buckets"]), out.valid)
+    return output_metrics(out, setup.valid_samples, config["sparsity_buckets"])
 
 
 def fine_tune(
