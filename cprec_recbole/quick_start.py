@@ -15,7 +15,7 @@ from cprec_recbole.data.prepare import prepare
 from cprec_recbole.logs import setup_logging
 from cprec_recbole.plugins import Plugins, load_plugins
 from cprec_recbole.rec_model import train_rec_model
-from cprec_recbole.results import table, write_results
+from cprec_recbole.results import table
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +65,6 @@ def run(
     else:
         folder = model_cls.run(config, data, plugins, force)
     results = json.loads((folder / "results.json").read_text())
-    write_results(folder, results)
     logger.info("results in %s\n%s", folder, table(results))
     results["folder"] = str(folder)
     return results

@@ -17,7 +17,7 @@ from recbole.utils import init_seed
 
 from cprec_recbole.compat import no_argv
 from cprec_recbole.data.prepare import PreparedData
-from cprec_recbole.io import write_json
+from cprec_recbole.results import write_results
 from cprec_recbole.stages import peak_memory_mb, run_stage
 from cprec_recbole.trainer import CandidateEvalData, CandidateTrainer
 
@@ -75,7 +75,7 @@ def _train(model_cls: type, config: dict, data: PreparedData, folder: Path) -> d
         "train_time_s": round(train_time, 1),
         "peak_memory_mb": peak_memory_mb(),
     }
-    write_json(folder / "results.json", results)
+    write_results(folder, results)
     return results
 
 

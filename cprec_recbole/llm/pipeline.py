@@ -19,7 +19,7 @@ from cprec_recbole.config import load_config
 from cprec_recbole.data.candidates import draw_candidate_sets
 from cprec_recbole.data.prepare import PreparedData
 from cprec_recbole.data.windows import sliding_windows
-from cprec_recbole.io import write_atomic, write_json
+from cprec_recbole.io import write_atomic
 from cprec_recbole.llm.backbone import add_lora, add_special_tokens, load_backbone
 from cprec_recbole.llm.batching import LLMSample, shorten_titles
 from cprec_recbole.llm.inference import EvalContext, output_metrics
@@ -27,6 +27,7 @@ from cprec_recbole.llm.projector import Projector
 from cprec_recbole.llm.sft import SFTSetup, fine_tune, load_trainable_state
 from cprec_recbole.plugins import Plugins
 from cprec_recbole.rec_model import train_rec_model
+from cprec_recbole.results import write_results
 from cprec_recbole.stages import peak_memory_mb, read_manifest, run_stage
 
 logger = logging.getLogger(__name__)
@@ -259,5 +260,5 @@ class LLMRecommender:
             "peak_memory_mb": peak_memory_mb(),
             "candidates_sha256": self.data.candidate_digests(),
         }
-        write_json(folder / "results.json", results)
+        write_results(folder, results)
         return results
