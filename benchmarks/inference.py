@@ -18,10 +18,20 @@ from pathlib import Path
 
 from cprec_recbole.cli import split_args
 from cprec_recbole.data.prepare import prepare
+from cprec_recbole.evaluation import INVALID, UNRANKED
 from cprec_recbole.io import write_json
-from cprec_recbole.llm.inference import output_metrics
+from cprec_recbole.llm.inference import EvalOutput, output_metrics
 from cprec_recbole.plugins import load_plugins
 from cprec_recbole.quick_start import build_config
+
+
+def model_calls(out: EvalOutput, rounds: int) -> int:
+    """Prompts generation answered: one per pick, plus the invalid answer that ended a user."""
+    ended_invalid = [
+        rank in (INVALID, UNRANKED) and len(picks) < rounds
+        for rank, picks in zip(out.ranks, out.picks, strict=True)
+    ]
+    return sum(len(p) for p in out.picks) + sum(ended_invalid)
 
 
 def main(argv: list[str]) -> dict:
@@ -57,12 +67,14 @@ def main(argv: list[str]) -> dict:
             "hr@1": metrics["hr@1"],
             "valid_ratio": metrics["valid_ratio"],
         }
+        if mode == "generate":
+            out[mode]["prompts_per_user"] = model_calls(result, out["rounds"]) / len(samples)
     out["ratio_generate_over_score"] = round(
         out["generate"]["seconds"] / out["score"]["seconds"], 2
     )
     print(
         f"generate ({out['rounds']} rounds): {out['generate']['seconds']:.1f} s for "
-        f"{len(samples)} users"
+        f"{len(samples)} users, {out['generate']['prompts_per_user']:.2f} prompts per user"
     )
     print(f"score: {out['score']['seconds']:.1f} s for {len(samples)} users")
     print(f"ratio generate/score: {out['ratio_generate_over_score']:.2f}x")

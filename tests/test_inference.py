@@ -97,8 +97,9 @@ def test_iterative_rank_is_the_round_of_the_positive_or_invalid():
     assert result.answers[0] == " nothing I know\n"
 
 
-def slow_scores(model, tokenizer, sample, ctx) -> torch.Tensor:
-    """Reference: one full forward of prompt + answer per candidate, no padding, no cache."""
+def slow_scores(model, tokenizer, sample, ctx, limit: int | None = None) -> torch.Tensor:
+    """Reference: one full forward of prompt + answer per candidate, no padding, no tree; the
+    mean over the first ``limit`` answer tokens."""
     out = []
     for candidate in sample.candidates:
         single = replace(sample, target=candidate)
@@ -109,22 +110,24 @@ def slow_scores(model, tokenizer, sample, ctx) -> torch.Tensor:
         logits = model(inputs_embeds=embeds).logits[0, :-1].log_softmax(-1)
         targets = batch.labels[0, 1:]
         keep = targets != -100
-        out.append(logits[keep].gather(-1, targets[keep, None]).mean())
+        out.append(logits[keep].gather(-1, targets[keep, None])[:limit].mean())
     return torch.stack(out)
 
 
+@pytest.mark.parametrize("limit", [None, 1, 2])
 @torch.no_grad()
-def test_cached_batched_scores_equal_full_forward_per_candidate(tiny_tokenizer, tiny_model):
+def test_one_pass_tree_scores_equal_full_forward_per_candidate(tiny_tokenizer, tiny_model, limit):
     torch.manual_seed(0)
     users = samples(4, n_candidates=5)
     users[2] = replace(users[2], candidates=users[2].candidates[:3])  # unequal candidate counts
     ctx = context(
+        {"score_max_tokens": limit},
         item_embeddings=torch.randn(len(TITLES), 8),
         projector=Projector(8, tiny_model.config.hidden_size),
     )
     fast = candidate_log_likelihoods(tiny_model, tiny_tokenizer, users, ctx)
     for sample, got in zip(users, fast, strict=True):
-        expected = slow_scores(tiny_model, tiny_tokenizer, sample, ctx)
+        expected = slow_scores(tiny_model, tiny_tokenizer, sample, ctx, limit)
         assert torch.allclose(got, expected, atol=1e-5), (got, expected)
 
     result = score(tiny_model, tiny_tokenizer, users, ctx)

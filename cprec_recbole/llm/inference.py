@@ -2,12 +2,13 @@
 
 ``generate`` follows LLaRA: greedy decoding, the first output line must name exactly one
 candidate; for HR@k the picked candidate is removed and the prompt re-rendered, ``eval_rounds``
-times. ``score`` ranks every candidate by the mean log-likelihood of its answer tokens after the
-prompt; the prompt runs once and its KV cache is shared by all candidates. Both return the rank of
-the positive per user, so ``evaluation.evaluate_ranks`` reads either.
+times. ``score`` ranks every candidate by the mean log-likelihood of its answer tokens (or of its
+first ``score_max_tokens``) after the prompt; the prompt and all candidates run in one forward.
+Both return the rank of the positive per user, so ``evaluation.evaluate_ranks`` reads either.
 
 Config keys (from ``ctx.config``): ``eval_batch_users`` (users per model call, default 4),
-``max_new_tokens`` (64), ``eval_rounds`` (5), ``show_progress`` (True).
+``max_new_tokens`` (64), ``eval_rounds`` (5), ``score_max_tokens`` (null: whole answers),
+``show_progress`` (True).
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.nn.utils.rnn import pad_sequence
 from tqdm import tqdm
 from transformers import StoppingCriteria, StoppingCriteriaList
 
@@ -192,51 +192,98 @@ def _token_log_probs(logits: Tensor, targets: Tensor) -> Tensor:
     return picked - torch.logsumexp(logits, dim=-1)
 
 
+def _answer_ids(tokenizer, samples: Sequence[LLMSample], ctx: EvalContext) -> list[list[int]]:
+    """Each candidate's answer tokens, cut to ``score_max_tokens`` when that is set."""
+    limit = ctx.config.get("score_max_tokens")
+    texts = [answer_text(ctx.titles[c]) for s in samples for c in s.candidates]
+    ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    return [i[: int(limit)] if limit else i for i in ids]
+
+
+def tree_layout(answers: Sequence[Sequence[Sequence[int]]]) -> dict[str, Tensor]:
+    """Where each user's candidate answers sit after its prompt, all in one row.
+
+    ``answers[b][c]`` holds candidate ``c``'s answer ids; every answer but its last token is
+    fed (the last is only predicted). Returns, for ``B`` users and ``R`` fed slots per row:
+    ``ids [B, R]`` (pad 0), ``segment [B, R]`` (candidate number, -1 on padding), ``depth
+    [B, R]`` (offset inside the answer), and per scored token ``row``, ``column`` (0 = the
+    prompt's last position, ``1 + j`` = fed slot ``j``), ``target`` and ``candidate`` (flat
+    index over all users' candidates).
+    """
+    width = max(1, *(sum(len(a) - 1 for a in user) for user in answers))
+    ids = torch.zeros(len(answers), width, dtype=torch.long)
+    segment = torch.full_like(ids, -1)
+    depth = torch.zeros_like(ids)
+    scored: dict[str, list[int]] = {"row": [], "column": [], "target": [], "candidate": []}
+    flat = 0
+    for b, user in enumerate(answers):
+        start = 0
+        for c, answer in enumerate(user):
+            n = len(answer) - 1
+            ids[b, start : start + n] = torch.tensor(answer[:-1], dtype=torch.long)
+            segment[b, start : start + n] = c
+            depth[b, start : start + n] = torch.arange(n)
+            scored["row"] += [b] * len(answer)
+            scored["column"] += [0, *range(1 + start, 1 + start + n)]
+            scored["target"] += list(answer)
+            scored["candidate"] += [flat] * len(answer)
+            start += n
+            flat += 1
+    out = {k: torch.tensor(v, dtype=torch.long) for k, v in scored.items()}
+    return {"ids": ids, "segment": segment, "depth": depth, **out}
+
+
+def tree_attention_mask(prompt_mask: Tensor, segment: Tensor, dtype: torch.dtype) -> Tensor:
+    """Additive ``[B, 1, P+R, P+R]`` mask: the prompt is causal; a fed answer token sees the
+    prompt and the earlier tokens of its own answer only, never another candidate's."""
+    batch, p = prompt_mask.shape
+    r = segment.shape[1]
+    device = prompt_mask.device
+    keys = prompt_mask.bool()[:, None, :]
+    allowed = torch.zeros(batch, p + r, p + r, dtype=torch.bool, device=device)
+    allowed[:, :p, :p] = torch.ones(p, p, dtype=torch.bool, device=device).tril() & keys
+    allowed[:, p:, :p] = keys
+    same = (segment[:, :, None] == segment[:, None, :]) & (segment[:, None, :] >= 0)
+    allowed[:, p:, p:] = same & torch.ones(r, r, dtype=torch.bool, device=device).tril()
+    allowed |= torch.eye(p + r, dtype=torch.bool, device=device)  # padding rows stay finite
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=device)
+    return mask.masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
+
+
 @torch.no_grad()
 def candidate_log_likelihoods(
     model: nn.Module, tokenizer, samples: Sequence[LLMSample], ctx: EvalContext
 ) -> list[Tensor]:
     """Mean log-likelihood of each candidate's answer tokens after its sample's prompt.
 
-    The left-padded prompts run once with ``use_cache``; the cache rows are repeated per
-    candidate (``batch_select_indices`` also handles unequal candidate counts) and one forward
-    over the right-padded answers reads every answer token's log-prob. The first answer token
-    comes from the prompt's last logits.
+    One forward per batch: each row is the left-padded prompt followed by all its candidates'
+    answers side by side (``tree_layout``); ``tree_attention_mask`` keeps the answers apart and
+    their positions restart after the prompt, so every answer reads exactly what it would read
+    alone, while the prompt is encoded once and no KV cache is copied per candidate. Logits are
+    computed only from the prompt's last position on.
     """
     device = model_device(model)
     batch = _encode(tokenizer, samples, ctx, device)
-    embeds = embed_batch(model, batch, ctx.item_embeddings, ctx.projector)
-    out = model(
-        inputs_embeds=embeds,
-        attention_mask=batch.attention_mask,
-        position_ids=batch.position_ids,
-        use_cache=True,
-        logits_to_keep=1,  # only the last position's logits are read
-    )
-    counts = torch.tensor([len(s.candidates) for s in samples], device=device)
-    owner = torch.repeat_interleave(torch.arange(len(samples), device=device), counts)
-    cache = out.past_key_values
-    cache.batch_select_indices(owner)
-
-    texts = [answer_text(ctx.titles[c]) for s in samples for c in s.candidates]
-    ids = [torch.tensor(i) for i in tokenizer(texts, add_special_tokens=False)["input_ids"]]
-    cand = pad_sequence(ids, batch_first=True, padding_value=pad_id(tokenizer)).to(device)
-    cand_mask = pad_sequence([torch.ones(len(i), dtype=torch.long) for i in ids], batch_first=True)
-    cand_mask = cand_mask.to(device)
-    prompt_mask = batch.attention_mask[owner]
-    positions = prompt_mask.sum(-1, keepdim=True) + torch.arange(cand.shape[1], device=device)
+    prompt = embed_batch(model, batch, ctx.item_embeddings, ctx.projector)
+    counts = [len(s.candidates) for s in samples]
+    answers = _answer_ids(tokenizer, samples, ctx)
+    per_user = [answers[a:b] for a, b in zip(np.cumsum([0, *counts[:-1]]), np.cumsum(counts))]
+    tree = {k: v.to(device) for k, v in tree_layout(per_user).items()}
+    fed = model.get_input_embeddings()(tree["ids"]).to(prompt.dtype)
+    lengths = batch.attention_mask.sum(-1, keepdim=True)
     logits = model(
-        input_ids=cand,
-        attention_mask=torch.cat([prompt_mask, cand_mask], dim=1),
-        position_ids=positions,
-        past_key_values=cache,
-        use_cache=False,  # appending to the repeated cache would copy it in every layer
+        inputs_embeds=torch.cat([prompt, fed], dim=1),
+        attention_mask=tree_attention_mask(batch.attention_mask, tree["segment"], prompt.dtype),
+        position_ids=torch.cat([batch.position_ids, lengths + tree["depth"]], dim=1),
+        logits_to_keep=tree["ids"].shape[1] + 1,
     ).logits
-    first = _token_log_probs(out.logits[:, -1][owner], cand[:, 0])
-    rest = _token_log_probs(logits[:, :-1], cand[:, 1:])
-    log_probs = torch.cat([first[:, None], rest], dim=1) * cand_mask
-    mean = log_probs.sum(-1) / cand_mask.sum(-1)
-    return list(mean.float().cpu().split(counts.tolist()))
+    log_probs = _token_log_probs(logits[tree["row"], tree["column"]], tree["target"])
+    n = sum(counts)
+    total = torch.zeros(n, device=device).index_add_(0, tree["candidate"], log_probs)
+    size = torch.zeros(n, device=device).index_add_(
+        0, tree["candidate"], torch.ones_like(log_probs)
+    )
+    return list((total / size).cpu().split(counts))
 
 
 def score(model: nn.Module, tokenizer, samples: Sequence[LLMSample], ctx: EvalContext):

@@ -61,7 +61,14 @@ SFT_KEYS = (
     "history_len",
     "min_history",
 )
-EVAL_KEYS = ("inference", "eval_users", "eval_rounds", "max_new_tokens", "eval_seed")
+EVAL_KEYS = (
+    "inference",
+    "eval_users",
+    "eval_rounds",
+    "max_new_tokens",
+    "score_max_tokens",
+    "eval_seed",
+)
 
 
 def sample_rows(rows: pd.DataFrame, limit: int | None, seed: int) -> pd.DataFrame:
