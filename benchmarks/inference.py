@@ -5,8 +5,10 @@
 
 The model's cached stages are reused (a fine-tuned LLaRA answers validly, so generation really
 runs its 5 rounds; a zero-shot model that answers invalidly stops after one). Prints both times,
-users/s and the ratio generate/score, and writes benchmarks/results/inference-<model>-<backbone>
-.json. Any other --key=value is a config override, as in the CLI.
+users/s and the ratio generate/score (with ``score_max_tokens`` set, also the time of scoring
+whole answers), after one warm-up user per mode, and writes
+benchmarks/results/inference-<model>-<backbone>.json (``--results_dir`` moves it). Any other
+--key=value is a config override, as in the CLI.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from cprec_recbole.cli import split_args
@@ -39,6 +42,7 @@ def main(argv: list[str]) -> dict:
     users = int(overrides.pop("users", 20))
     dataset = str(overrides.pop("dataset", "Game"))
     name = str(overrides.pop("model", "LLaRA"))
+    results = Path(overrides.pop("results_dir", Path(__file__).parent / "results"))
     plugins = load_plugins(plugin_files)
     overrides.setdefault("show_progress", False)
     config = build_config(name, dataset, plugins, config_files, overrides)
@@ -55,20 +59,28 @@ def main(argv: list[str]) -> dict:
         "rounds": int(config["eval_rounds"]),
         "prompt_template": config["prompt_template"],
     }
-    for mode in ("generate", "score"):
+    runs = [("generate", "generate", {}), ("score", "score", {})]
+    if config.get("score_max_tokens"):  # what scoring only the first tokens buys, and costs
+        runs.append(("score_all_tokens", "score", {"score_max_tokens": None}))
+    for mode in ("generate", "score"):  # warm-up: first calls pay for kernel setup
+        plugins.evaluators.get(mode)(llm, tokenizer, samples[:1], ctx)
+    for label, mode, changes in runs:
         evaluator = plugins.evaluators.get(mode)
+        timed_ctx = replace(ctx, config={**ctx.config, **changes})
         start = time.perf_counter()
-        result = evaluator(llm, tokenizer, samples, ctx)
+        result = evaluator(llm, tokenizer, samples, timed_ctx)
         seconds = time.perf_counter() - start
         metrics = output_metrics(result, samples, config["sparsity_buckets"])
-        out[mode] = {
+        out[label] = {
             "seconds": round(seconds, 2),
             "users_per_s": round(len(samples) / seconds, 4),
             "hr@1": metrics["hr@1"],
+            "hr@5": metrics["hr@5"],
             "valid_ratio": metrics["valid_ratio"],
+            **changes,
         }
         if mode == "generate":
-            out[mode]["prompts_per_user"] = model_calls(result, out["rounds"]) / len(samples)
+            out[label]["prompts_per_user"] = model_calls(result, out["rounds"]) / len(samples)
     out["ratio_generate_over_score"] = round(
         out["generate"]["seconds"] / out["score"]["seconds"], 2
     )
@@ -76,9 +88,14 @@ def main(argv: list[str]) -> dict:
         f"generate ({out['rounds']} rounds): {out['generate']['seconds']:.1f} s for "
         f"{len(samples)} users, {out['generate']['prompts_per_user']:.2f} prompts per user"
     )
-    print(f"score: {out['score']['seconds']:.1f} s for {len(samples)} users")
+    print(
+        f"score (answer tokens: {config.get('score_max_tokens') or 'all'}): "
+        f"{out['score']['seconds']:.1f} s for {len(samples)} users"
+    )
+    if "score_all_tokens" in out:
+        print(f"score (all answer tokens): {out['score_all_tokens']['seconds']:.1f} s")
     print(f"ratio generate/score: {out['ratio_generate_over_score']:.2f}x")
-    target = Path(__file__).parent / "results" / f"inference-{name}-{config['llm_backbone']}.json"
+    target = results / f"inference-{name}-{config['llm_backbone']}.json"
     write_json(target, out)
     print(json.dumps(out, indent=2))
     return out

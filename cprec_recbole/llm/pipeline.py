@@ -60,15 +60,12 @@ SFT_KEYS = (
     "seed",
     "history_len",
     "min_history",
-)
-EVAL_KEYS = (
-    "inference",
-    "eval_users",
+    # the inference knobs also decide SFT's validation, hence its early stopping
     "eval_rounds",
     "max_new_tokens",
     "score_max_tokens",
-    "eval_seed",
 )
+EVAL_KEYS = ("inference", "eval_users", "eval_seed")
 
 
 def sample_rows(rows: pd.DataFrame, limit: int | None, seed: int) -> pd.DataFrame:
