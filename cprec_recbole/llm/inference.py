@@ -192,12 +192,12 @@ def _token_log_probs(logits: Tensor, targets: Tensor) -> Tensor:
     return picked - torch.logsumexp(logits, dim=-1)
 
 
-def _answer_ids(tokenizer, samples: Sequence[LLMSample], ctx: EvalContext) -> list[list[int]]:
-    """Each candidate's answer tokens, cut to ``score_max_tokens`` when that is set."""
+def _answer_ids(tokenizer, samples: Sequence[LLMSample], ctx: EvalContext) -> list[list[list[int]]]:
+    """Per sample, each candidate's answer tokens, cut to ``score_max_tokens`` when set."""
     limit = ctx.config.get("score_max_tokens")
     texts = [answer_text(ctx.titles[c]) for s in samples for c in s.candidates]
-    ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
-    return [i[: int(limit)] if limit else i for i in ids]
+    ids = iter(tokenizer(texts, add_special_tokens=False)["input_ids"])
+    return [[next(ids)[: int(limit) if limit else None] for _ in s.candidates] for s in samples]
 
 
 def tree_layout(answers: Sequence[Sequence[Sequence[int]]]) -> dict[str, Tensor]:
@@ -265,10 +265,7 @@ def candidate_log_likelihoods(
     device = model_device(model)
     batch = _encode(tokenizer, samples, ctx, device)
     prompt = embed_batch(model, batch, ctx.item_embeddings, ctx.projector)
-    counts = [len(s.candidates) for s in samples]
-    answers = _answer_ids(tokenizer, samples, ctx)
-    per_user = [answers[a:b] for a, b in zip(np.cumsum([0, *counts[:-1]]), np.cumsum(counts))]
-    tree = {k: v.to(device) for k, v in tree_layout(per_user).items()}
+    tree = {k: v.to(device) for k, v in tree_layout(_answer_ids(tokenizer, samples, ctx)).items()}
     fed = model.get_input_embeddings()(tree["ids"]).to(prompt.dtype)
     lengths = batch.attention_mask.sum(-1, keepdim=True)
     logits = model(
@@ -278,11 +275,9 @@ def candidate_log_likelihoods(
         logits_to_keep=tree["ids"].shape[1] + 1,
     ).logits
     log_probs = _token_log_probs(logits[tree["row"], tree["column"]], tree["target"])
-    n = sum(counts)
-    total = torch.zeros(n, device=device).index_add_(0, tree["candidate"], log_probs)
-    size = torch.zeros(n, device=device).index_add_(
-        0, tree["candidate"], torch.ones_like(log_probs)
-    )
+    counts = [len(s.candidates) for s in samples]
+    total = torch.bincount(tree["candidate"], weights=log_probs, minlength=sum(counts))
+    size = torch.bincount(tree["candidate"], minlength=sum(counts))
     return list((total / size).cpu().split(counts))
 
 
