@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from cprec_recbole.plugins import PluginError, load_plugins
 from cprec_recbole.quick_start import run
@@ -56,3 +57,11 @@ def test_plugin_that_raises_on_import_is_reported_with_file_and_traceback(tmp_pa
 def test_missing_plugin_file_is_named():
     with pytest.raises(PluginError, match="nope.py does not exist"):
         load_plugins(["nope.py"])
+
+
+def test_loading_recbole_models_leaves_autograd_anomaly_mode_off():
+    """RecBole's SINE module switches anomaly mode on at import; it would slow every backward."""
+    import recbole.model.sequential_recommender.sine  # noqa: F401
+
+    load_plugins([])
+    assert not torch.is_anomaly_enabled()
