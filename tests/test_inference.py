@@ -214,3 +214,25 @@ def test_a_positive_never_picked_in_one_round_is_no_hit_at_any_k():
     result = iterative_ranks(users, context({"eval_rounds": 1}), answer_a_non_target)
     metrics = rank_metrics(result.ranks)
     assert metrics["hr@3"] == metrics["hr@5"] == 0.0 and result.valid.all()
+
+
+def test_answer_loss_on_answer_logits_only_equals_the_full_lm_loss(tiny_tokenizer, tiny_model):
+    torch.manual_seed(0)
+    users = samples(3, n_candidates=4)
+    users[1] = replace(users[1], history=users[1].history[:1])  # rows of unequal length
+    ctx = context(
+        item_embeddings=torch.randn(len(TITLES), 8),
+        projector=Projector(8, tiny_model.config.hidden_size),
+    )
+    batch = encode_batch(tiny_tokenizer, ctx.template, users, TITLES, ITEM_INDEX, "game", True)
+    embeds = embed_batch(tiny_model, batch, ctx.item_embeddings, ctx.projector)
+    full = tiny_model(
+        inputs_embeds=embeds,
+        attention_mask=batch.attention_mask,
+        position_ids=batch.position_ids,
+        labels=batch.labels,
+    ).loss
+    fast = answer_loss(tiny_model, batch, ctx.item_embeddings, ctx.projector)
+    torch.testing.assert_close(fast, full)
+    fast.backward()  # and it trains the projector
+    assert ctx.projector.net[0].weight.grad.abs().sum() > 0
