@@ -1,4 +1,4 @@
-"""The inference benchmark's bookkeeping and a run of it on the tiny-random backbone."""
+"""The benchmarks' bookkeeping and a run of each on the tiny-random backbone."""
 
 from __future__ import annotations
 
@@ -12,15 +12,19 @@ import pytest
 from cprec_recbole.evaluation import INVALID, UNRANKED
 from cprec_recbole.llm.inference import EvalOutput
 
-SCRIPT = Path(__file__).parents[1] / "benchmarks" / "inference.py"
+BENCHMARKS = Path(__file__).parents[1] / "benchmarks"
+
+
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_inference", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("inference")
 
 
 def test_model_calls_count_picks_and_the_invalid_answer_that_ended_a_user(bench):
@@ -53,3 +57,17 @@ def test_benchmark_times_generate_and_both_scores_on_the_same_users(
         (tmp_path / "results" / "inference-LLaMA2ZeroShot-tiny-random.json").read_text()
     )
     assert written == out
+
+
+def test_sft_step_benchmark_times_both_losses_on_the_same_batches(tiny_overrides, tmp_path):
+    argv = [f"--{k}={v}" for k, v in tiny_overrides.items()] + [
+        "--model=LLaRA",
+        "--dataset=Tiny",
+        "--llm_backbone=tiny-random",
+        "--batches=2",
+        f"--results_dir={tmp_path}",
+    ]
+    out = load_script("sft_step").main(argv)  # raises if the two losses disagree
+    assert out["micro_batches"] == 2
+    assert out["naive_s_per_sample"] > 0 and out["shipped_s_per_sample"] > 0
+    assert json.loads((tmp_path / "sft-step-LLaRA-tiny-random.json").read_text()) == out
