@@ -17,15 +17,12 @@ import json
 import sys
 import time
 from dataclasses import replace
-from pathlib import Path
 
-from cprec_recbole.cli import split_args
-from cprec_recbole.data.prepare import prepare
 from cprec_recbole.evaluation import INVALID, UNRANKED
 from cprec_recbole.io import write_json
 from cprec_recbole.llm.inference import EvalOutput, output_metrics
-from cprec_recbole.plugins import load_plugins
-from cprec_recbole.quick_start import build_config
+
+from harness import setup
 
 
 def model_calls(out: EvalOutput, rounds: int) -> int:
@@ -38,23 +35,15 @@ def model_calls(out: EvalOutput, rounds: int) -> int:
 
 
 def main(argv: list[str]) -> dict:
-    overrides, plugin_files, _, config_files = split_args(argv)
-    users = int(overrides.pop("users", 20))
-    dataset = str(overrides.pop("dataset", "Game"))
-    name = str(overrides.pop("model", "LLaRA"))
-    results = Path(overrides.pop("results_dir", Path(__file__).parent / "results"))
-    plugins = load_plugins(plugin_files)
-    overrides.setdefault("show_progress", False)
-    config = build_config(name, dataset, plugins, config_files, overrides)
-    config["eval_users"] = users
-    data = prepare(config, plugins)
-    model = plugins.models.get(name)(config, data, plugins, set())
+    bench = setup(argv, {"users": 20})
+    config, plugins, model = bench.config, bench.plugins, bench.recommender
+    config["eval_users"] = bench.knobs["users"]  # the recommender reads it when sampling
     llm, tokenizer, ctx = model.trained(model.sft_folder())
     samples = model.eval_samples("test", "eval_users")
     out = {
-        "model": name,
+        "model": bench.name,
         "backbone": config["llm_backbone"],
-        "dataset": dataset,
+        "dataset": bench.dataset,
         "users": len(samples),
         "rounds": int(config["eval_rounds"]),
         "prompt_template": config["prompt_template"],
@@ -95,7 +84,7 @@ def main(argv: list[str]) -> dict:
     if "score_all_tokens" in out:
         print(f"score (all answer tokens): {out['score_all_tokens']['seconds']:.1f} s")
     print(f"ratio generate/score: {out['ratio_generate_over_score']:.2f}x")
-    target = results / f"inference-{name}-{config['llm_backbone']}.json"
+    target = bench.results / f"inference-{bench.name}-{config['llm_backbone']}.json"
     write_json(target, out)
     print(json.dumps(out, indent=2))
     return out

@@ -18,18 +18,15 @@ from __future__ import annotations
 import json
 import sys
 import time
-from pathlib import Path
 
 import torch
 
-from cprec_recbole.cli import split_args
-from cprec_recbole.data.prepare import prepare
 from cprec_recbole.io import write_json
 from cprec_recbole.llm.batching import encode_batch
 from cprec_recbole.llm.projector import embed_batch
 from cprec_recbole.llm.sft import answer_loss
-from cprec_recbole.plugins import load_plugins
-from cprec_recbole.quick_start import build_config
+
+from harness import setup
 
 
 def labels_loss(model, batch, item_embeddings, projector) -> torch.Tensor:
@@ -60,16 +57,8 @@ def timed_steps(model, batches, ctx, loss_fn, anomaly: bool) -> tuple[float, lis
 
 
 def main(argv: list[str]) -> dict:
-    overrides, plugin_files, _, config_files = split_args(argv)
-    n_batches = int(overrides.pop("batches", 6))
-    dataset = str(overrides.pop("dataset", "Game"))
-    name = str(overrides.pop("model", "LLaRA"))
-    results = Path(overrides.pop("results_dir", Path(__file__).parent / "results"))
-    plugins = load_plugins(plugin_files)
-    overrides.setdefault("show_progress", False)
-    config = build_config(name, dataset, plugins, config_files, overrides)
-    data = prepare(config, plugins)
-    recommender = plugins.models.get(name)(config, data, plugins, set())
+    bench = setup(argv, {"batches": 6})
+    config, recommender, n_batches = bench.config, bench.recommender, bench.knobs["batches"]
     model, tokenizer, ctx = recommender.load()
     model.train()
     micro = int(config["micro_batch_size"])
@@ -92,9 +81,9 @@ def main(argv: list[str]) -> dict:
     shipped_s, shipped_losses = timed_steps(model, batches, ctx, answer_loss, anomaly=False)
     torch.testing.assert_close(shipped_losses, naive_losses, rtol=2e-2, atol=2e-2)
     out = {
-        "model": name,
+        "model": bench.name,
         "backbone": config["llm_backbone"],
-        "dataset": dataset,
+        "dataset": bench.dataset,
         "dtype": str(model.dtype),
         "lora_layers": config.get("lora_layers"),
         "micro_batches": len(batches),
@@ -109,7 +98,7 @@ def main(argv: list[str]) -> dict:
     print(f"naive (anomaly mode, full-sequence LM loss): {out['naive_s_per_sample']} s/sample")
     print(f"shipped (answer-only logits): {out['shipped_s_per_sample']} s/sample")
     print(f"ratio naive/shipped: {out['ratio_naive_over_shipped']:.2f}x")
-    write_json(results / f"sft-step-{name}-{config['llm_backbone']}.json", out)
+    write_json(bench.results / f"sft-step-{bench.name}-{config['llm_backbone']}.json", out)
     print(json.dumps(out, indent=2))
     return out
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,8 @@ BENCHMARKS = Path(__file__).parents[1] / "benchmarks"
 
 
 def load_script(name: str):
+    if str(BENCHMARKS) not in sys.path:  # as when run as a script: its folder comes first
+        sys.path.insert(0, str(BENCHMARKS))
     spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCHMARKS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
