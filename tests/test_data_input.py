@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+
 import pytest
 
 from cprec_recbole.data.domain import INTER_FIELDS, ITEM_FIELDS, AtomicFileDomain, read_atomic
@@ -103,3 +106,20 @@ def test_failed_data_stage_leaves_earlier_stages_untouched(tmp_path, plugins):
     with pytest.raises(DataError, match="Tiny.inter"):
         prepare(build_config("SASRec", "Tiny", plugins, overrides=overrides), plugins)
     assert {p: p.read_bytes() for p in good.folder.rglob("*") if p.is_file()} == before
+
+
+def test_data_stage_follows_file_contents_not_their_place_or_time(tmp_path, plugins):
+    """Data re-copied elsewhere (new paths, new mtimes) keeps every cached stage; an edit not."""
+    out = {"output_dir": str(tmp_path / "out")}
+    first = write_dataset(tmp_path / "a", "Tiny", cyclic_sequences())
+    copy = shutil.copytree(first, tmp_path / "b")
+    inter = copy / "Tiny" / "Tiny.inter"
+    os.utime(inter, ns=(1, 1))
+
+    def folder(root):
+        config = build_config("SASRec", "Tiny", plugins, overrides={**out, "data_path": str(root)})
+        return prepare(config, plugins).folder
+
+    assert folder(first) == folder(copy)
+    inter.write_text(inter.read_text().replace("\t1000\n", "\t999\n", 1))
+    assert folder(copy) != folder(first)

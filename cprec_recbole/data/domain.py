@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import logging
 from dataclasses import dataclass
@@ -88,9 +89,11 @@ def read_atomic(path: Path, fields: dict[str, str]) -> pd.DataFrame:
 
 
 def files_fingerprint(paths) -> list:
-    return [
-        [str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in paths if p.is_file()
-    ]
+    """Name, size and content hash per file: a copy of the same data elsewhere, or the same files
+    re-copied with new modification times, keep every cached stage (hashing costs ~0.1 s per
+    100 MB); any edit redoes them."""
+    files = [p for p in paths if p.is_file()]
+    return [[p.name, p.stat().st_size, hashlib.sha256(p.read_bytes()).hexdigest()] for p in files]
 
 
 def not_found_message(name: str, looked_up: Path) -> str:
@@ -115,7 +118,7 @@ class AtomicFileDomain:
         return self.paths(data_path)[0].is_file()
 
     def fingerprint(self, config: dict) -> list:
-        """What identifies the data: the files' paths, sizes and modification times."""
+        """What identifies the data: the files' names, sizes and contents."""
         return files_fingerprint(self.paths(config["data_path"]))
 
     def load(self, config: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
