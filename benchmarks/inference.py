@@ -5,8 +5,8 @@
 
 The model's cached stages are reused (a fine-tuned LLaRA answers validly, so generation really
 runs its 5 rounds; a zero-shot model that answers invalidly stops after one). Prints both times,
-users/s and the ratio generate/score (with ``score_max_tokens`` set, also the time of scoring
-whole answers), after one warm-up user per mode, and writes
+users/s and the ratio generate/score (when the configured score rule is another, also the time of
+the mean log-likelihood of whole answers), after one warm-up user per mode, and writes
 benchmarks/results/inference-<model>-<backbone>.json (``--results_dir`` moves it). Any other
 --key=value is a config override, as in the CLI.
 """
@@ -49,8 +49,9 @@ def main(argv: list[str]) -> dict:
         "prompt_template": config["prompt_template"],
     }
     runs = [("generate", "generate", {}), ("score", "score", {})]
-    if config.get("score_max_tokens"):  # what scoring only the first tokens buys, and costs
-        runs.append(("score_all_tokens", "score", {"score_max_tokens": None}))
+    whole = {"score_rule": "mean", "score_max_tokens": None}
+    if any(config.get(k) != v for k, v in whole.items()):  # what the configured rule buys
+        runs.append(("score_mean_whole_answers", "score", whole))
     for mode in ("generate", "score"):  # warm-up: first calls pay for kernel setup
         plugins.evaluators.get(mode)(llm, tokenizer, samples[:1], ctx)
     for label, mode, changes in runs:
@@ -77,12 +78,12 @@ def main(argv: list[str]) -> dict:
         f"generate ({out['rounds']} rounds): {out['generate']['seconds']:.1f} s for "
         f"{len(samples)} users, {out['generate']['prompts_per_user']:.2f} prompts per user"
     )
-    print(
-        f"score (answer tokens: {config.get('score_max_tokens') or 'all'}): "
-        f"{out['score']['seconds']:.1f} s for {len(samples)} users"
-    )
-    if "score_all_tokens" in out:
-        print(f"score (all answer tokens): {out['score_all_tokens']['seconds']:.1f} s")
+    rule = config.get("score_rule", "mean")
+    if rule == "mean":
+        rule += f", answer tokens: {config.get('score_max_tokens') or 'all'}"
+    print(f"score ({rule}): {out['score']['seconds']:.1f} s for {len(samples)} users")
+    if "score_mean_whole_answers" in out:
+        print(f"score (mean, whole answers): {out['score_mean_whole_answers']['seconds']:.1f} s")
     print(f"ratio generate/score: {out['ratio_generate_over_score']:.2f}x")
     target = bench.results / f"inference-{bench.name}-{config['llm_backbone']}.json"
     write_json(target, out)

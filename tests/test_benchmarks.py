@@ -45,14 +45,14 @@ def test_benchmark_times_generate_and_both_scores_on_the_same_users(
         "--dataset=Tiny",
         "--llm_backbone=tiny-random",
         "--users=6",
-        "--score_max_tokens=2",
+        "--score_rule=distinct_prefix",
         f"--results_dir={tmp_path / 'results'}",
     ]
     out = bench.main(argv)
     assert out["users"] == 6
     assert 1 <= out["generate"]["prompts_per_user"] <= out["rounds"]
-    assert out["score"]["valid_ratio"] == out["score_all_tokens"]["valid_ratio"] == 1.0
-    assert out["score_all_tokens"]["score_max_tokens"] is None
+    assert out["score"]["valid_ratio"] == out["score_mean_whole_answers"]["valid_ratio"] == 1.0
+    assert out["score_mean_whole_answers"]["score_rule"] == "mean"
     assert out["ratio_generate_over_score"] == pytest.approx(
         out["generate"]["seconds"] / out["score"]["seconds"], rel=0.01
     )

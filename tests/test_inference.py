@@ -23,9 +23,11 @@ from cprec_recbole.llm.inference import (
     EvalContext,
     StopAtNewline,
     candidate_log_likelihoods,
+    distinct_prefixes,
     generate,
     generate_texts,
     iterative_ranks,
+    length_batches,
     newline_token_ids,
     parse_answer,
     score,
@@ -54,6 +56,11 @@ def context(config=None, **kw) -> EvalContext:
     return EvalContext(LLARA_HYBRID, TITLES, ITEM_INDEX, "game", {**base, **(config or {})}, **kw)
 
 
+def test_length_batches_group_similar_prompts_and_cover_every_sample_once():
+    assert length_batches([5, 1, 3, 2, 4], 2) == [[1, 3], [2, 4], [0]]
+    assert length_batches([], 4) == []
+
+
 def test_iterative_top5_never_repeats_a_candidate_and_rerenders_without_picks():
     users = samples(4, n_candidates=8)
     seen_prompts: dict[str, list[list[str]]] = {s.user_id: [] for s in users}
@@ -66,7 +73,7 @@ def test_iterative_top5_never_repeats_a_candidate_and_rerenders_without_picks():
             out.append(f" {TITLES[others[-1]].upper()}\nextra")
         return out
 
-    result = iterative_ranks(users, context(), answer_last_non_target)
+    result = iterative_ranks(users, context(), answer_last_non_target, [[0, 1, 2], [3]])
     assert result.ranks.tolist() == [UNRANKED] * 4  # never picked within 5 rounds
     assert result.valid.all()
     for s, picks in zip(users, result.picks, strict=True):
@@ -91,15 +98,15 @@ def test_iterative_rank_is_the_round_of_the_positive_or_invalid():
                 out.append(f" {TITLES[order['u2'][0]]}\n")
         return out
 
-    result = iterative_ranks(users, context(), answer)
+    result = iterative_ranks(users, context(), answer, [[2, 0], [1]])
     assert result.ranks.tolist() == [INVALID, 2, UNRANKED]
     assert result.valid.tolist() == [False, True, True]
     assert result.answers[0] == " nothing I know\n"
 
 
-def slow_scores(model, tokenizer, sample, ctx, limit: int | None = None) -> torch.Tensor:
+def slow_answer_log_probs(model, tokenizer, sample, ctx) -> list[torch.Tensor]:
     """Reference: one full forward of prompt + answer per candidate, no padding, no tree; the
-    mean over the first ``limit`` answer tokens."""
+    log-probability of each answer token."""
     out = []
     for candidate in sample.candidates:
         single = replace(sample, target=candidate)
@@ -110,8 +117,14 @@ def slow_scores(model, tokenizer, sample, ctx, limit: int | None = None) -> torc
         logits = model(inputs_embeds=embeds).logits[0, :-1].log_softmax(-1)
         targets = batch.labels[0, 1:]
         keep = targets != -100
-        out.append(logits[keep].gather(-1, targets[keep, None])[:limit].mean())
-    return torch.stack(out)
+        out.append(logits[keep].gather(-1, targets[keep, None]).squeeze(-1))
+    return out
+
+
+def slow_scores(model, tokenizer, sample, ctx, limit: int | None = None) -> torch.Tensor:
+    """The mean over the first ``limit`` answer tokens, by the reference."""
+    per_token = slow_answer_log_probs(model, tokenizer, sample, ctx)
+    return torch.stack([lp[:limit].mean() for lp in per_token])
 
 
 @pytest.mark.parametrize("limit", [None, 1, 2])
@@ -135,6 +148,44 @@ def test_one_pass_tree_scores_equal_full_forward_per_candidate(tiny_tokenizer, t
         target = sample.candidates.index(sample.target)
         assert rank == int((scores >= scores[target]).sum()) - 1
     assert result.valid.all()
+
+
+def test_distinct_prefixes_stop_where_no_other_answer_shares_the_prefix():
+    answers = [[1, 2, 3, 9], [1, 5, 9], [7, 9], [1, 2, 3, 9], [1, 2, 4, 9]]
+    assert distinct_prefixes(answers) == [[1, 2, 3, 9], [1, 5], [7], [1, 2, 3, 9], [1, 2, 4]]
+
+
+@torch.no_grad()
+def test_distinct_prefix_score_is_the_log_probability_of_that_prefix(tiny_tokenizer, tiny_model):
+    torch.manual_seed(0)
+    titles = {**TITLES, "i1": "Red Castle Saga", "i2": "Red Hills", "i3": "Red Castle"}
+    users = [replace(s, candidates=["i0", "i1", "i2", "i3", *s.candidates]) for s in samples(3)]
+    users = [replace(s, candidates=list(dict.fromkeys(s.candidates))) for s in users]
+    ctx = replace(
+        context(
+            {"score_rule": "distinct_prefix"},
+            item_embeddings=torch.randn(len(TITLES), 8),
+            projector=Projector(8, tiny_model.config.hidden_size),
+        ),
+        titles=titles,
+    )
+    fast = candidate_log_likelihoods(tiny_model, tiny_tokenizer, users, ctx)
+    depths = []
+    for sample, got in zip(users, fast, strict=True):
+        answers = tiny_tokenizer(
+            [answer_text(titles[c]) for c in sample.candidates], add_special_tokens=False
+        )["input_ids"]
+        lengths = [len(p) for p in distinct_prefixes(answers)]
+        per_token = slow_answer_log_probs(tiny_model, tiny_tokenizer, sample, ctx)
+        expected = torch.stack([lp[:n].sum() for lp, n in zip(per_token, lengths, strict=True)])
+        assert torch.allclose(got, expected, atol=1e-5), (got, expected)
+        depths += lengths
+    assert max(depths) > 2 and min(depths) == 1  # shared prefixes were really scored deeper
+
+
+def test_unknown_score_rule_names_the_key_and_the_choices(tiny_tokenizer, tiny_model):
+    with pytest.raises(ValueError, match="score_rule: 'sum' is not one of mean, distinct_prefix"):
+        score(tiny_model, tiny_tokenizer, samples(1), context({"score_rule": "sum"}))
 
 
 @torch.no_grad()
@@ -211,7 +262,7 @@ def test_a_positive_never_picked_in_one_round_is_no_hit_at_any_k():
     def answer_a_non_target(batch):
         return [f" {TITLES[next(c for c in s.candidates if c != s.target)]}\n" for s in batch]
 
-    result = iterative_ranks(users, context({"eval_rounds": 1}), answer_a_non_target)
+    result = iterative_ranks(users, context({"eval_rounds": 1}), answer_a_non_target, [[0, 1, 2]])
     metrics = rank_metrics(result.ranks)
     assert metrics["hr@3"] == metrics["hr@5"] == 0.0 and result.valid.all()
 

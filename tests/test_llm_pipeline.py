@@ -61,6 +61,13 @@ def test_llara_runs_end_to_end_and_its_stages_are_reused(llm_overrides, caplog):
     forced = run("LLaRA", "Tiny", overrides=llm_overrides, force=["eval"])
     assert "stage eval: building" in caplog.text and "stage sft: reusing" in caplog.text
     assert forced["test"] == first["test"]  # reloaded LoRA + projector score the same
+    caplog.clear()
+    unmerged = run("LLaRA", "Tiny", overrides={**llm_overrides, "merge_lora": False})
+    assert "stage eval: building" in caplog.text and "stage sft: reusing" in caplog.text
+    assert unmerged["test"] == first["test"]  # folding LoRA into fp32 weights changes no rank
+    caplog.clear()
+    run("LLaRA", "Tiny", overrides={**llm_overrides, "score_rule": "distinct_prefix"})
+    assert "stage eval: building" in caplog.text and "stage sft: reusing" in caplog.text
 
 
 def test_zero_shot_uses_no_rec_model_and_reads_the_same_candidates(llm_overrides):

@@ -100,6 +100,32 @@ def _slot_items(
     return rows + [item_index[i] for i in sample.candidates for _ in range(per_candidate)]
 
 
+def _prompt_ids(
+    tokenizer,
+    templates: Sequence[PromptTemplate],
+    samples: Sequence[LLMSample],
+    titles: Mapping[str, str],
+    noun: str,
+) -> list[list[int]]:
+    prompts = [
+        render(t, [titles[i] for i in s.history], [titles[i] for i in s.candidates], noun)
+        for t, s in zip(templates, samples, strict=True)
+    ]
+    return tokenizer(prompts, add_special_tokens=True)["input_ids"]
+
+
+def prompt_lengths(
+    tokenizer,
+    template: PromptTemplate,
+    samples: Sequence[LLMSample],
+    titles: Mapping[str, str],
+    noun: str,
+) -> list[int]:
+    """Tokens in each sample's prompt (without answer), as ``encode_batch`` would make it."""
+    ids = _prompt_ids(tokenizer, [template] * len(samples), samples, titles, noun)
+    return [len(i) for i in ids]
+
+
 def encode_batch(
     tokenizer,
     template: PromptTemplate,
@@ -120,11 +146,7 @@ def encode_batch(
     if not all(chosen) and text_template is None:
         raise ValueError("hybrid=False samples need a text_template")
     templates = [template if h else text_template for h in chosen]
-    prompts = [
-        render(t, [titles[i] for i in s.history], [titles[i] for i in s.candidates], noun)
-        for t, s in zip(templates, samples, strict=True)
-    ]
-    prompt_ids = tokenizer(prompts, add_special_tokens=True)["input_ids"]
+    prompt_ids = _prompt_ids(tokenizer, templates, samples, titles, noun)
     if with_answer:
         if any(s.target is None for s in samples):
             raise ValueError("with_answer=True needs every sample's target")

@@ -2,13 +2,17 @@
 
 ``generate`` follows LLaRA: greedy decoding, the first output line must name exactly one
 candidate; for HR@k the picked candidate is removed and the prompt re-rendered, ``eval_rounds``
-times. ``score`` ranks every candidate by the mean log-likelihood of its answer tokens (or of its
-first ``score_max_tokens``) after the prompt; the prompt and all candidates run in one forward.
-Both return the rank of the positive per user, so ``evaluation.evaluate_ranks`` reads either.
+times. ``score`` ranks every candidate by the likelihood of its answer after the prompt; the
+prompt and all candidates run in one forward. ``score_rule`` says which likelihood: ``mean``, the
+mean log-likelihood of the answer's tokens (or of its first ``score_max_tokens``), or
+``distinct_prefix``, the log-probability of the answer's shortest prefix that no other candidate's
+answer starts with, i.e. of the model starting to name this candidate and no other (usually one
+token, so scoring costs little more than the prompt). Both return the rank of the positive per
+user, so ``evaluation.evaluate_ranks`` reads either.
 
-Config keys (from ``ctx.config``): ``eval_batch_users`` (users per model call, default 4),
-``max_new_tokens`` (64), ``eval_rounds`` (5), ``score_max_tokens`` (null: whole answers),
-``show_progress`` (True).
+Config keys (from ``ctx.config``): ``eval_batch_users`` (users per model call, default 4; users
+are batched by prompt length), ``max_new_tokens`` (64), ``eval_rounds`` (5), ``score_rule``
+(mean), ``score_max_tokens`` (null: whole answers), ``show_progress`` (True).
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from tqdm import tqdm
 from transformers import StoppingCriteria, StoppingCriteriaList
 
 from cprec_recbole.evaluation import INVALID, UNRANKED, evaluate_ranks, ranks_from_scores
-from cprec_recbole.llm.batching import LLMSample, encode_batch, pad_id
+from cprec_recbole.llm.batching import LLMSample, encode_batch, pad_id, prompt_lengths
 from cprec_recbole.llm.projector import embed_batch, model_device
 from cprec_recbole.llm.prompts import PromptTemplate, answer_text
 
@@ -69,8 +73,16 @@ def parse_answer(text: str, candidate_titles: Sequence[str]) -> int | None:
     return hits[0] if len(hits) == 1 else None
 
 
-def _chunks(n: int, size: int) -> list[range]:
-    return [range(start, min(start + size, n)) for start in range(0, n, size)]
+def length_batches(lengths: Sequence[int], size: int) -> list[list[int]]:
+    """Sample indices in batches of ``size``, shortest prompts first: with rows left padded to
+    the longest, random batches of 4 Game test users carry ~10% padding, sorted ones ~0.2%."""
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    return [order[start : start + size] for start in range(0, len(order), size)]
+
+
+def _batches(tokenizer, samples: Sequence[LLMSample], ctx: EvalContext) -> list[list[int]]:
+    lengths = prompt_lengths(tokenizer, ctx.template, samples, ctx.titles, ctx.noun)
+    return length_batches(lengths, int(ctx.config.get("eval_batch_users", 4)))
 
 
 def _progress(config: Mapping[str, Any], total: int, desc: str) -> tqdm:
@@ -133,8 +145,10 @@ def iterative_ranks(
     samples: Sequence[LLMSample],
     ctx: EvalContext,
     answer: Callable[[Sequence[LLMSample]], list[str]],
+    batches: Sequence[Sequence[int]],
 ) -> EvalOutput:
-    """Pick, remove, re-render, ``eval_rounds`` times; ``answer`` maps prompts to model text.
+    """Pick, remove, re-render, ``eval_rounds`` times; ``answer`` maps prompts to model text;
+    ``batches`` says which samples share a model call.
 
     Rank = the round where the positive was picked; ``INVALID`` if round 0 named no single
     candidate; ``UNRANKED`` if never picked (a later invalid answer also ends the user), so
@@ -147,7 +161,7 @@ def iterative_ranks(
     answers = [""] * n
     picks: list[list[str]] = [[] for _ in range(n)]
     progress = _progress(ctx.config, n, "generate")
-    for chunk in _chunks(n, int(ctx.config.get("eval_batch_users", 4))):
+    for chunk in batches:
         remaining = {u: list(samples[u].candidates) for u in chunk}
         active = list(chunk)
         for r in range(rounds):
@@ -178,7 +192,10 @@ def generate(model: nn.Module, tokenizer, samples: Sequence[LLMSample], ctx: Eva
     stop = StopAtNewline(newline_token_ids(tokenizer))
     model.eval()
     return iterative_ranks(
-        samples, ctx, lambda batch: generate_texts(model, tokenizer, batch, ctx, stop)
+        samples,
+        ctx,
+        lambda batch: generate_texts(model, tokenizer, batch, ctx, stop),
+        _batches(tokenizer, samples, ctx),
     )
 
 
@@ -192,12 +209,39 @@ def _token_log_probs(logits: Tensor, targets: Tensor) -> Tensor:
     return picked - torch.logsumexp(logits, dim=-1)
 
 
+SCORE_RULES = ("mean", "distinct_prefix")
+
+
+def _score_rule(config: Mapping[str, Any]) -> str:
+    rule = config.get("score_rule", "mean")
+    if rule not in SCORE_RULES:
+        raise ValueError(f"score_rule: {rule!r} is not one of {', '.join(SCORE_RULES)}")
+    return rule
+
+
+def distinct_prefixes(answers: Sequence[Sequence[int]]) -> list[list[int]]:
+    """Each answer cut to its shortest prefix that no other answer starts with (whole answers
+    that another one equals or extends stay whole)."""
+
+    def common(a: Sequence[int], b: Sequence[int]) -> int:
+        return next((j for j, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+
+    cut = []
+    for k, a in enumerate(answers):
+        shared = max((common(a, b) for j, b in enumerate(answers) if j != k), default=0)
+        cut.append(list(a[: shared + 1]))
+    return cut
+
+
 def _answer_ids(tokenizer, samples: Sequence[LLMSample], ctx: EvalContext) -> list[list[list[int]]]:
-    """Per sample, each candidate's answer tokens, cut to ``score_max_tokens`` when set."""
-    limit = ctx.config.get("score_max_tokens")
+    """Per sample, the candidate answer tokens the score rule reads."""
     texts = [answer_text(ctx.titles[c]) for s in samples for c in s.candidates]
     ids = iter(tokenizer(texts, add_special_tokens=False)["input_ids"])
-    return [[next(ids)[: int(limit) if limit else None] for _ in s.candidates] for s in samples]
+    answers = [[next(ids) for _ in s.candidates] for s in samples]
+    if _score_rule(ctx.config) == "distinct_prefix":
+        return [distinct_prefixes(user) for user in answers]
+    limit = ctx.config.get("score_max_tokens")
+    return [[a[: int(limit) if limit else None] for a in user] for user in answers]
 
 
 def tree_layout(answers: Sequence[Sequence[Sequence[int]]]) -> dict[str, Tensor]:
@@ -254,7 +298,7 @@ def tree_attention_mask(prompt_mask: Tensor, segment: Tensor, dtype: torch.dtype
 def candidate_log_likelihoods(
     model: nn.Module, tokenizer, samples: Sequence[LLMSample], ctx: EvalContext
 ) -> list[Tensor]:
-    """Mean log-likelihood of each candidate's answer tokens after its sample's prompt.
+    """Each candidate's score after its sample's prompt (``score_rule``; higher is likelier).
 
     One forward per batch: each row is the left-padded prompt followed by all its candidates'
     answers side by side (``tree_layout``); ``tree_attention_mask`` keeps the answers apart and
@@ -277,18 +321,20 @@ def candidate_log_likelihoods(
     log_probs = _token_log_probs(logits[tree["row"], tree["column"]], tree["target"])
     counts = [len(s.candidates) for s in samples]
     total = torch.bincount(tree["candidate"], weights=log_probs, minlength=sum(counts))
-    size = torch.bincount(tree["candidate"], minlength=sum(counts))
-    return list((total / size).cpu().split(counts))
+    if _score_rule(ctx.config) == "mean":
+        total = total / torch.bincount(tree["candidate"], minlength=sum(counts))
+    return list(total.cpu().split(counts))
 
 
 def score(model: nn.Module, tokenizer, samples: Sequence[LLMSample], ctx: EvalContext):
     """Rank candidates by answer likelihood; valid by construction, ties pessimistic."""
+    _score_rule(ctx.config)  # a bad key fails before any model call
     model.eval()
     n = len(samples)
     ranks = np.zeros(n, dtype=np.int64)
     answers = [""] * n
     progress = _progress(ctx.config, n, "score")
-    for chunk in _chunks(n, int(ctx.config.get("eval_batch_users", 4))):
+    for chunk in _batches(tokenizer, samples, ctx):
         part = [samples[u] for u in chunk]
         for u, sample, scores in zip(
             chunk, part, candidate_log_likelihoods(model, tokenizer, part, ctx), strict=True
