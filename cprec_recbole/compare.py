@@ -1,0 +1,85 @@
+"""Paired comparison of two models on the test users both ranked.
+
+    python -m cprec_recbole.compare saved/eval/<A> saved/eval/<B> --k 1 5
+
+Every model folder (baselines' ``saved/rec_model/...`` and LLMs' ``saved/eval/...``) holds
+``test_ranks.tsv``. On the same candidate sets the fair question is per user: where does A hit
+and B miss, and the reverse? Per k this prints both HR@k on the shared users, those counts, the
+difference with its standard error and the exact two-sided sign test on the users where they
+disagree (McNemar's exact test), and writes the table as CSV with ``--csv``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy.stats import binomtest
+
+from cprec_recbole.evaluation import INVALID
+from cprec_recbole.io import write_atomic
+
+RANKS_FILE = "test_ranks.tsv"
+
+
+def read_ranks(folder: Path) -> pd.Series:
+    """Rank of the positive per user id (``INVALID`` = -1 for an answer naming no candidate)."""
+    path = Path(folder) / RANKS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} not found: pass a finished model folder (saved/rec_model/<hash> or "
+            f"saved/eval/<hash>), the one whose results.json the run printed"
+        )
+    frame = pd.read_csv(path, sep="\t", dtype={"user_id": str})
+    return frame.set_index("user_id")["rank"]
+
+
+def paired_hits(a: np.ndarray, b: np.ndarray, k: int) -> dict[str, float]:
+    """HR@k of two rank arrays over the same users, and how far their difference is from 0."""
+    hit_a = (a != INVALID) & (a < k)
+    hit_b = (b != INVALID) & (b < k)
+    only_a, only_b = int((hit_a & ~hit_b).sum()), int((hit_b & ~hit_a).sum())
+    diff = hit_a.astype(float) - hit_b.astype(float)
+    n = len(diff)
+    return {
+        "k": k,
+        "users": n,
+        "hr_a": float(hit_a.mean()),
+        "hr_b": float(hit_b.mean()),
+        "only_a": only_a,
+        "only_b": only_b,
+        "diff": float(diff.mean()),
+        "se": float(diff.std(ddof=1) / np.sqrt(n)) if n > 1 else float("nan"),
+        "sign_test_p": binomtest(only_a, only_a + only_b).pvalue if only_a + only_b else 1.0,
+    }
+
+
+def compare(folder_a: Path, folder_b: Path, ks: list[int]) -> pd.DataFrame:
+    """One row per k over the users both folders ranked."""
+    a, b = read_ranks(folder_a), read_ranks(folder_b)
+    users = a.index.intersection(b.index)
+    if users.empty:
+        raise ValueError(f"{folder_a} and {folder_b} ranked no user in common")
+    return pd.DataFrame([paired_hits(a[users].to_numpy(), b[users].to_numpy(), k) for k in ks])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m cprec_recbole.compare", description=__doc__)
+    parser.add_argument("a", type=Path, help="model folder A")
+    parser.add_argument("b", type=Path, help="model folder B")
+    parser.add_argument("--k", type=int, nargs="+", default=[1, 3, 5])
+    parser.add_argument("--csv", type=Path, help="also write the table here")
+    args = parser.parse_args(argv)
+    table = compare(args.a, args.b, args.k)
+    print(f"A = {args.a}\nB = {args.b}")
+    print(table.to_string(index=False, float_format=lambda x: f"{x:.4g}"))
+    if args.csv:
+        write_atomic(args.csv, lambda tmp: table.to_csv(tmp, index=False))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
