@@ -5,8 +5,9 @@
 Every model folder (baselines' ``saved/rec_model/...`` and LLMs' ``saved/eval/...``) holds
 ``test_ranks.tsv``. On the same candidate sets the fair question is per user: where does A hit
 and B miss, and the reverse? Per k this prints both HR@k on the shared users, those counts, the
-difference with its standard error and the exact two-sided sign test on the users where they
-disagree (McNemar's exact test), and writes the table as CSV with ``--csv``.
+difference with its standard error, the exact two-sided sign test on the users where they
+disagree (McNemar's exact test) and the paired t-test of per-user hits (DESIGN.md), and writes the
+table as CSV with ``--csv``.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy.stats import binomtest
+from scipy.stats import binomtest, ttest_1samp
 
 from cprec_recbole.evaluation import INVALID
 from cprec_recbole.io import write_atomic
@@ -54,6 +55,7 @@ def paired_hits(a: np.ndarray, b: np.ndarray, k: int) -> dict[str, float]:
         "diff": float(diff.mean()),
         "se": float(diff.std(ddof=1) / np.sqrt(n)) if n > 1 else float("nan"),
         "sign_test_p": binomtest(only_a, only_a + only_b).pvalue if only_a + only_b else 1.0,
+        "t_test_p": float(ttest_1samp(diff, 0.0).pvalue) if only_a + only_b else 1.0,
     }
 
 

@@ -18,6 +18,7 @@ def test_paired_hits_counts_discordant_users_and_tests_them():
     assert (out["only_a"], out["only_b"]) == (5, 2)
     assert out["diff"] == pytest.approx(3 / 8)
     assert out["sign_test_p"] == pytest.approx(2 * (1 + 7 + 21) / 2**7)  # P(X <= 2), X ~ B(7, .5)
+    assert 0 < out["t_test_p"] < 1
     assert paired_hits(a, b, k=5)["only_b"] == 1  # INVALID is a miss at every k
 
 
