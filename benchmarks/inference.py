@@ -1,7 +1,7 @@
 """Wall time of `generate` (iterative, 5 rounds for HR@5) vs `score` on the same model and users.
 
     python benchmarks/inference.py --model=LLaRA --dataset=Game --data_path=../shared/data \
-        --llm_backbone=smollm2-135m --users=20
+        --llm_backbone=smollm2-135m --users=50
 
 The model's cached stages are reused (a fine-tuned LLaRA answers validly, so generation really
 runs its 5 rounds; a zero-shot model that answers invalidly stops after one). Prints both times,
