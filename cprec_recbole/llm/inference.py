@@ -233,12 +233,14 @@ def distinct_prefixes(answers: Sequence[Sequence[int]]) -> list[list[int]]:
     return cut
 
 
-def _answer_ids(tokenizer, samples: Sequence[LLMSample], ctx: EvalContext) -> list[list[list[int]]]:
-    """Per sample, the candidate answer tokens the score rule reads."""
+def _answer_ids(
+    tokenizer, samples: Sequence[LLMSample], ctx: EvalContext, rule: str
+) -> list[list[list[int]]]:
+    """Per sample, the candidate answer tokens ``rule`` reads."""
     texts = [answer_text(ctx.titles[c]) for s in samples for c in s.candidates]
     ids = iter(tokenizer(texts, add_special_tokens=False)["input_ids"])
     answers = [[next(ids) for _ in s.candidates] for s in samples]
-    if _score_rule(ctx.config) == "distinct_prefix":
+    if rule == "distinct_prefix":
         return [distinct_prefixes(user) for user in answers]
     limit = ctx.config.get("score_max_tokens")
     return [[a[: int(limit) if limit else None] for a in user] for user in answers]
@@ -309,7 +311,9 @@ def candidate_log_likelihoods(
     device = model_device(model)
     batch = _encode(tokenizer, samples, ctx, device)
     prompt = embed_batch(model, batch, ctx.item_embeddings, ctx.projector)
-    tree = {k: v.to(device) for k, v in tree_layout(_answer_ids(tokenizer, samples, ctx)).items()}
+    rule = _score_rule(ctx.config)
+    answers = _answer_ids(tokenizer, samples, ctx, rule)
+    tree = {k: v.to(device) for k, v in tree_layout(answers).items()}
     fed = model.get_input_embeddings()(tree["ids"]).to(prompt.dtype)
     lengths = batch.attention_mask.sum(-1, keepdim=True)
     logits = model(
@@ -321,7 +325,7 @@ def candidate_log_likelihoods(
     log_probs = _token_log_probs(logits[tree["row"], tree["column"]], tree["target"])
     counts = [len(s.candidates) for s in samples]
     total = torch.bincount(tree["candidate"], weights=log_probs, minlength=sum(counts))
-    if _score_rule(ctx.config) == "mean":
+    if rule == "mean":
         total = total / torch.bincount(tree["candidate"], minlength=sum(counts))
     return list(total.cpu().split(counts))
 
