@@ -25,6 +25,7 @@ BUILTIN_PLUGINS = (
     "cprec_recbole.builtin.evaluators",
     "cprec_recbole.builtin.schedulers",
     "cprec_recbole.builtin.llm_models",
+    "cprec_recbole.builtin.mixing_rules",
 )
 KINDS = (
     "models",

@@ -9,6 +9,40 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+PAD = -1
+
+
+def window_matrix(
+    lengths: np.ndarray,
+    flat_codes: np.ndarray,
+    history_len: int,
+    min_history: int = 3,
+    drop_last: int = 0,
+    stride: int = 1,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every window of the sequences laid end to end in ``flat_codes`` (``lengths`` each).
+
+    Returns ``(sequence_index [n], history [n, history_len], target [n])``; histories are
+    left-padded with -1 so the most recent item is always the last column. A target position
+    needs ``min_history`` earlier items; ``drop_last`` keeps each sequence's last items out;
+    ``stride`` keeps every stride-th target position, counted from the (shortened) end.
+    """
+    lengths = np.asarray(lengths, dtype=np.int64)
+    flat_codes = np.asarray(flat_codes)
+    starts = np.cumsum(lengths) - lengths
+    usable = np.clip(lengths - drop_last, 0, None)
+    sequence = np.repeat(np.arange(len(lengths)), usable)
+    position = np.arange(usable.sum()) - np.repeat(np.cumsum(usable) - usable, usable)
+    from_end = usable[sequence] - 1 - position
+    keep = (position >= min_history) & (from_end % stride == 0)
+    sequence, position = sequence[keep], position[keep]
+    at = starts[sequence] + position
+    offsets = np.arange(-history_len, 0)
+    valid = offsets[None, :] >= -position[:, None]
+    gathered = flat_codes[np.where(valid, at[:, None] + offsets[None, :], 0)]
+    history = np.where(valid, gathered, np.asarray(PAD, dtype=flat_codes.dtype))
+    return sequence, history, flat_codes[at]
+
 
 def sliding_windows(
     sequences: pd.Series,
@@ -22,16 +56,17 @@ def sliding_windows(
     ``drop_last`` keeps the last items of each sequence out (2 = the valid and test targets);
     ``stride`` keeps every stride-th target position (counted from each sequence's end).
     """
-    lengths = sequences.map(len).to_numpy() - drop_last
-    users = np.repeat(sequences.index.to_numpy(), np.clip(lengths, 0, None))
-    flat = np.concatenate([s[: max(n, 0)] for s, n in zip(sequences, lengths)] or [np.array([])])
-    starts = np.repeat(np.cumsum(lengths.clip(0)) - lengths.clip(0), lengths.clip(0))
-    position = np.arange(len(flat)) - starts
-    from_end = np.repeat(lengths.clip(0), lengths.clip(0)) - 1 - position
-    keep = (position >= min_history) & (from_end % stride == 0)
-    targets = np.flatnonzero(keep)
-    offsets = np.arange(-history_len, 0)
-    index = targets[:, None] + offsets[None, :]
-    valid = offsets[None, :] >= -position[targets][:, None]
-    histories = [flat[row[mask]] for row, mask in zip(index, valid)]
-    return pd.DataFrame({"user_id": users[targets], "history": histories, "target": flat[targets]})
+    lengths = sequences.map(len).to_numpy()
+    flat = np.concatenate([np.asarray(s) for s in sequences] or [np.array([])])
+    # Windows over positions into ``flat``, so ids of any type come back unchanged.
+    sequence, history, target = window_matrix(
+        lengths, np.arange(len(flat)), history_len, min_history, drop_last, stride
+    )
+    histories = [flat[row[row != PAD]] for row in history]
+    return pd.DataFrame(
+        {
+            "user_id": sequences.index.to_numpy()[sequence],
+            "history": histories,
+            "target": flat[target],
+        }
+    )
