@@ -1,7 +1,8 @@
 """Cached stages: one artifact folder per stage and config, ``<output_dir>/<stage>/<hash>/``.
 
 A stage is done when its ``manifest.json`` exists; the manifest is written last and atomically,
-so a stage killed midway has none and is redone from an emptied folder.
+so a stage killed midway has none. It is then redone from an emptied folder, or, for a
+``resumable`` stage (LLM training, which checkpoints into its folder), continued from it.
 """
 
 from __future__ import annotations
@@ -67,16 +68,18 @@ def run_stage(
     output_dir: str | Path,
     build: Callable[[Path], Mapping[str, Any] | None],
     force: bool = False,
+    resumable: bool = False,
 ) -> Path:
     """Return the stage folder, building it with ``build(folder)`` unless a manifest exists."""
     folder = stage_dir(output_dir, name, keys)
     if not force and (folder / MANIFEST).is_file():
         logger.info("stage %s: reusing %s", name, folder)
         return folder
-    if folder.exists():
+    if folder.exists() and (force or not resumable):
         shutil.rmtree(folder)
-    folder.mkdir(parents=True)
-    logger.info("stage %s: building %s", name, folder)
+    verb = "continuing" if folder.exists() else "building"
+    folder.mkdir(parents=True, exist_ok=True)
+    logger.info("stage %s: %s %s", name, verb, folder)
     start = time.time()
     metrics = build(folder) or {}
     write_json(

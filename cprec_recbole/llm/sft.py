@@ -11,13 +11,15 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from cprec_recbole.llm.batching import IGNORE_INDEX, LLMSample, encode_batch
 from cprec_recbole.llm.inference import EvalContext, output_metrics
+from cprec_recbole.llm.loop import Plan, TrainLoop, adam, batch_steps
 from cprec_recbole.llm.projector import embed_batch, model_device
 from cprec_recbole.llm.prompts import PromptTemplate
 from cprec_recbole.stages import peak_memory_mb
@@ -62,9 +64,13 @@ def answer_loss(
 
 
 def trainable_state(model: nn.Module, projector: nn.Module | None) -> dict:
-    """What fine-tuning changed: the LoRA weights and the projector."""
+    """What fine-tuning changed: the LoRA weights and the projector, copied (not views that later
+    steps would overwrite)."""
     lora = {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
-    return {"lora": lora, "projector": None if projector is None else projector.state_dict()}
+    proj = None
+    if projector is not None:
+        proj = {k: v.detach().cpu().clone() for k, v in projector.state_dict().items()}
+    return {"lora": lora, "projector": proj}
 
 
 def load_trainable_state(model: nn.Module, projector: nn.Module | None, state: dict) -> None:
@@ -93,13 +99,44 @@ class SFTSetup:
     scheduler_factory: Callable
 
 
-def _optimizer(model: nn.Module, projector: nn.Module | None, config: dict):
-    groups = [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": 0.0}]
-    if projector is not None:
-        groups.append(
-            {"params": list(projector.parameters()), "weight_decay": config["projector_decay"]}
-        )
-    return torch.optim.Adam(groups, lr=float(config["learning_rate"]))
+class Validation:
+    """SFT's state across epochs (checkpointed with the loop): history, best weights, patience."""
+
+    def __init__(self) -> None:
+        self.history: list[dict] = []
+        self.best: dict | None = None
+        self.best_score, self.patience = -1.0, 0
+        self.epoch_start = (0, 0.0)  # (losses seen, train seconds) when the epoch began
+
+    def state_dict(self) -> dict:
+        return dict(vars(self))
+
+    def load_state_dict(self, state: dict) -> None:
+        vars(self).update(state)
+
+    def record(
+        self, record: dict, model: nn.Module, projector: nn.Module | None, patience: int
+    ) -> bool:
+        """Keep the epoch's record and, if it is the best so far, its weights; True = stop."""
+        self.history.append(record)
+        score = record["valid"]["hr@1"] * record["valid"]["valid_ratio"]
+        if score > self.best_score:
+            self.best, self.best_score, self.patience = trainable_state(model, projector), score, 0
+            return False
+        self.patience += 1
+        return self.patience >= patience
+
+
+def sft_plan(n_samples: int, epochs: int, micro: int, accumulate: int, seed: int) -> Plan:
+    """Each epoch a seeded permutation of its samples (ids ``epoch * n + i``), cut into steps; a
+    named checkpoint (and validation) at every epoch end."""
+    steps: list[list[list[int]]] = []
+    checkpoints = {}
+    for epoch in range(epochs):
+        order = torch.randperm(n_samples, generator=torch.Generator().manual_seed(seed + epoch))
+        steps += batch_steps((order + epoch * n_samples).tolist(), micro, accumulate)
+        checkpoints[len(steps)] = [f"epoch-{epoch}"]
+    return Plan(steps, checkpoints)
 
 
 def _valid(model, setup: SFTSetup, config: dict) -> dict:
@@ -107,83 +144,88 @@ def _valid(model, setup: SFTSetup, config: dict) -> dict:
     return output_metrics(out, setup.valid_samples, config["sparsity_buckets"])
 
 
+def curriculum_choice(seed: int, step: int, first_id: int, n: int, p: float) -> np.ndarray:
+    """Which of a micro-batch's ``n`` samples get the hybrid prompt: seeded by the step and the
+    micro-batch, so a resumed run draws the same without carrying generator state."""
+    return np.random.default_rng([seed, step, first_id]).random(n) < p
+
+
 def fine_tune(
-    model: nn.Module, projector: nn.Module | None, setup: SFTSetup, config: dict
+    model: nn.Module, projector: nn.Module | None, setup: SFTSetup, config: dict, folder: Path
 ) -> tuple[dict, dict]:
-    """Train, validate each epoch, end on the best state (valid hr@1 x valid_ratio).
+    """Train on the shared loop, validate at each epoch end, end on the best state
+    (valid hr@1 x valid_ratio). Resumes from ``folder``'s newest checkpoint.
 
     Returns the per-epoch history (loss, valid metrics, wall time, peak memory) and that state.
     """
-    epochs = int(config["epochs"])
-    batch_size, micro = int(config["train_batch_size"]), int(config["micro_batch_size"])
-    accumulate = max(1, math.ceil(batch_size / micro))
-    n_samples = len(setup.epoch_samples(0))
-    steps_per_epoch = math.ceil(n_samples / (micro * accumulate))
-    total = epochs * steps_per_epoch
-    optimizer = _optimizer(model, projector, config)
+    micro = int(config["micro_batch_size"])
+    accumulate = max(1, math.ceil(int(config["train_batch_size"]) / micro))
+    seed = int(config["seed"])
+    n = len(setup.epoch_samples(0))
+    plan = sft_plan(n, int(config["epochs"]), micro, accumulate, seed)
+    total = len(plan.steps)
+    optimizer = adam(model, projector, float(config["learning_rate"]), config["projector_decay"])
     warmup = int(float(config.get("warmup_ratio", 0.05)) * total)
     scheduler = setup.scheduler_factory(optimizer, {"warmup": warmup, "total": total}, config)
-    device = model_device(model)
-    generator = torch.Generator().manual_seed(int(config["seed"]))
-    best, best_score, patience, step, history = None, -1.0, 0, 0, []
-    show = bool(config.get("show_progress", True))
-    for epoch in range(epochs):
-        model.train()
-        samples = list(setup.epoch_samples(epoch))
-        order = torch.randperm(len(samples), generator=generator).tolist()
-        start, losses = time.time(), []
-        bar = tqdm(range(0, len(order), micro), desc=f"sft epoch {epoch}", disable=not show)
-        for i, first in enumerate(bar):
-            part = [samples[j] for j in order[first : first + micro]]
+    validation = Validation()
+    loop = TrainLoop(
+        model,
+        projector,
+        optimizer,
+        scheduler,
+        folder,
+        "sft",
+        config.get("checkpoint_every"),
+        bool(config.get("show_progress", True)),
+        validation,
+    )
+    cache: dict[int, Sequence[LLMSample]] = {}
+
+    def samples_of(epoch: int) -> Sequence[LLMSample]:
+        if epoch not in cache:
+            cache.clear()
+            cache[epoch] = list(setup.epoch_samples(epoch))
+        return cache[epoch]
+
+    def loss_fn(step: int, ids: list[int]) -> torch.Tensor:
+        epoch = ids[0] // n
+        part = [samples_of(epoch)[i - epoch * n] for i in ids]
+        hybrid = True
+        if setup.text_template is not None:
             p = hybrid_probability(step, total)
-            hybrid = torch.rand(len(part), generator=generator) < p
-            if setup.text_template is None:
-                hybrid = True
-            batch = encode_batch(
-                setup.tokenizer,
-                setup.template,
-                part,
-                setup.ctx.titles,
-                setup.ctx.item_index,
-                setup.ctx.noun,
-                with_answer=True,
-                hybrid=hybrid,
-                text_template=setup.text_template,
-            ).to(device)
-            loss = answer_loss(model, batch, setup.ctx.item_embeddings, projector)
-            (loss / accumulate).backward()
-            losses.append(loss.item())
-            if (i + 1) % accumulate == 0 or first + micro >= len(order):
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                step += 1
-            bar.set_postfix(loss=f"{losses[-1]:.3f}", p_hybrid=f"{p:.2f}")
-            if (i + 1) % max(1, len(bar) // 10) == 0:  # the log file shows progress too
-                done = min(first + micro, len(order))
-                logger.info(
-                    "sft epoch %d: %d/%d samples, loss %.4f, %.2f samples/s",
-                    epoch,
-                    done,
-                    len(order),
-                    sum(losses) / len(losses),
-                    done / (time.time() - start),
-                )
-        train_time = time.time() - start
+            hybrid = torch.from_numpy(curriculum_choice(seed, step, ids[0], len(part), p))
+        batch = encode_batch(
+            setup.tokenizer,
+            setup.template,
+            part,
+            setup.ctx.titles,
+            setup.ctx.item_index,
+            setup.ctx.noun,
+            with_answer=True,
+            hybrid=hybrid,
+            text_template=setup.text_template,
+        ).to(model_device(model))
+        return answer_loss(model, batch, setup.ctx.item_embeddings, projector)
+
+    def end_of_epoch(name: str, steps_done: int) -> bool:
+        epoch = int(name.rsplit("-", 1)[1])
+        seen, began = validation.epoch_start
+        losses = loop.losses[seen:]
+        train_time = loop.train_time - began
         model.eval()
+        start = time.time()
         valid = _valid(model, setup, config)
-        score = valid["hr@1"] * valid["valid_ratio"]
+        model.train()
         record = {
             "epoch": epoch,
             "train_loss": sum(losses) / max(len(losses), 1),
             "train_time_s": round(train_time, 2),
-            "train_samples_per_s": round(len(samples) / max(train_time, 1e-9), 3),
-            "valid_time_s": round(time.time() - start - train_time, 2),
+            "train_samples_per_s": round(n / max(train_time, 1e-9), 3),
+            "valid_time_s": round(time.time() - start, 2),
             "peak_memory_mb": peak_memory_mb(),
             "valid": valid,
-            "hybrid_probability": hybrid_probability(step - 1, total),
+            "hybrid_probability": hybrid_probability(steps_done - 1, total),
         }
-        history.append(record)
         logger.info(
             "sft epoch %d: loss %.4f, valid hr@1 %.4f, valid_ratio %.4f",
             epoch,
@@ -191,20 +233,22 @@ def fine_tune(
             valid["hr@1"],
             valid["valid_ratio"],
         )
-        if score > best_score:
-            best, best_score, patience = trainable_state(model, projector), score, 0
-        else:
-            patience += 1
-            if patience >= int(config["stopping_step"]):
-                logger.info("sft: early stop after epoch %d", epoch)
-                break
-    load_trainable_state(model, projector, best)
+        validation.epoch_start = (len(loop.losses), loop.train_time)
+        stop = validation.record(record, model, projector, int(config["stopping_step"]))
+        if stop:
+            logger.info("sft: early stop after epoch %d", epoch)
+        return stop
+
+    train = loop.run(plan, loss_fn, end_of_epoch)
+    load_trainable_state(model, projector, validation.best)
+    history = validation.history
     return {
         "epochs": history,
         "best_valid": history[_best_epoch(history)]["valid"],
         "total_steps": total,
-        "steps_done": step,
-    }, best
+        "steps_done": train["steps_done"],
+        "resumed_at_samples": train["resumed_at_samples"],
+    }, validation.best
 
 
 def _best_epoch(history: list[dict]) -> int:
