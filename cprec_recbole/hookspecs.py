@@ -52,7 +52,10 @@ def register_schedulers(register):
 
     ``factory(optimizer, phases, config)`` returns a ``torch.optim.lr_scheduler.LRScheduler``
     stepped once per optimizer step; ``phases`` maps phase names to end steps (always ``total``,
-    plus e.g. ``warmup``, ``stable`` for warm-up/stable/annealing).
+    plus ``warmup`` and, for CPT, ``stable``: warm-up / stable / annealing come from the corpus).
+    Decorate the factory with ``cprec_recbole.llm.schedulers.reads(key=default, ...)`` to name
+    the config keys it reads: they join the training stage's cache key, so changing one retrains.
+    SFT picks a schedule with ``lr_scheduler``, CPT with ``cpt_scheduler``.
     """
 
 
@@ -91,5 +94,6 @@ def register_backbones(register):
 def register_mixing_rules(register):
     """Add rules that decide which all-domain mixed windows enter the CPT corpus:
     ``register("g1_g2", rule)``; ``rule(history_domains, target_domain)`` returns a bool mask
-    over windows (arrays ``[n, window]`` of domain ids, -1 for padding, and ``[n]``).
+    over windows (arrays ``[n, window]`` of domain ids, -1 for padding, and ``[n]``). The corpus
+    uses the rule named by ``mixing_rule`` (built-ins: ``g1``, ``g2``, ``g1_g2``, ``all``).
     """

@@ -53,6 +53,17 @@ DTYPES = {
     "half": torch.float16,
 }
 CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+#: Config keys that decide the backbone and its LoRA adapters (part of every training stage's key).
+BACKBONE_KEYS = (
+    "llm_backbone",
+    "llm_path",
+    "dtype",
+    "lora_r",
+    "lora_alpha",
+    "lora_dropout",
+    "lora_target_modules",
+    "lora_layers",
+)
 DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 Loader = Callable[[dict, Sequence[str]], tuple[PreTrainedModel, PreTrainedTokenizerBase]]

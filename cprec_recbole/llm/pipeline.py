@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -21,10 +21,13 @@ from cprec_recbole.data.candidates import draw_candidate_sets
 from cprec_recbole.data.prepare import PreparedData
 from cprec_recbole.data.windows import sliding_windows
 from cprec_recbole.io import write_atomic
-from cprec_recbole.llm.backbone import add_lora, add_special_tokens, load_backbone
+from cprec_recbole.llm.backbone import BACKBONE_KEYS, add_lora, add_special_tokens, load_backbone
 from cprec_recbole.llm.batching import LLMSample, shorten_titles
+from cprec_recbole.llm.cpt import cpt_stage
 from cprec_recbole.llm.inference import EvalContext, output_metrics
+from cprec_recbole.llm.loop import ADAPTER, load_adapter
 from cprec_recbole.llm.projector import Projector
+from cprec_recbole.llm.schedulers import schedule_keys
 from cprec_recbole.llm.sft import SFTSetup, fine_tune, load_trainable_state
 from cprec_recbole.plugins import Plugins
 from cprec_recbole.rec_model import train_rec_model
@@ -35,14 +38,7 @@ logger = logging.getLogger(__name__)
 REC_MODEL = "SASRec"
 #: Keys of an LLM model's config that change what SFT computes.
 SFT_KEYS = (
-    "llm_backbone",
-    "llm_path",
-    "dtype",
-    "lora_r",
-    "lora_alpha",
-    "lora_dropout",
-    "lora_target_modules",
-    "lora_layers",
+    *BACKBONE_KEYS,
     "prompt_template",
     "text_template",
     "domain_noun",
@@ -99,6 +95,7 @@ class LLMRecommender:
 
     uses_rec_model = True  # hybrid prompts need SASRec's item embeddings
     fine_tunes = True
+    uses_cpt = False  # LoRA starts from the continual pre-training stage's adapters
 
     @classmethod
     def run(cls, config: dict, data: PreparedData, plugins: Plugins, force=()) -> Path:
@@ -110,6 +107,7 @@ class LLMRecommender:
         text = config.get("text_template")
         self.text_template = plugins.prompt_templates.get(text) if text else None
         self.rec_folder = self._rec_model() if self.uses_rec_model else None
+        self.cpt_folder = cpt_stage(config, plugins, force) if self.uses_cpt else None
         self.item_ids = self._item_ids()
         self.item_index = {item: row for row, item in enumerate(self.item_ids)}
 
@@ -138,6 +136,11 @@ class LLMRecommender:
         keys["model"] = type(self).__name__
         keys["data_stage"] = self.data.folder.name
         keys["rec_stage"] = self.rec_folder.name if self.rec_folder else None
+        keys["cpt_stage"] = self.cpt_folder.name if self.cpt_folder else None
+        # what the names stand for: a template's text, the schedule's own keys
+        keys["templates"] = [asdict(t) for t in (self.template, self.text_template) if t]
+        factory = self.plugins.schedulers.get(self.config["lr_scheduler"])
+        keys["schedule"] = {k: self.config.get(k) for k in schedule_keys(factory)}
         return keys
 
     # ---------------------------------------------------------------- backbone
@@ -159,8 +162,10 @@ class LLMRecommender:
             projector = Projector(embeddings.shape[1], model.config.hidden_size)
             projector.to(device=model.device, dtype=model.dtype)
             embeddings = embeddings.to(model.device)
-        if self.fine_tunes:
+        if self.fine_tunes or self.uses_cpt:
             model = add_lora(model, self.config)
+        if self.uses_cpt:
+            load_adapter(model, self.cpt_folder / ADAPTER)
         ctx = EvalContext(
             self.template,
             titles,
@@ -214,7 +219,7 @@ class LLMRecommender:
             self.plugins.evaluators.get(self.config["valid_inference"]),
             self.plugins.schedulers.get(self.config["lr_scheduler"]),
         )
-        metrics, best = fine_tune(model, ctx.projector, setup, self.config)
+        metrics, best = fine_tune(model, ctx.projector, setup, self.config, folder)
         write_atomic(folder / "trainable.pt", lambda tmp: torch.save(best, tmp))
         self._loaded = (model, tokenizer, ctx)
         return metrics
@@ -223,7 +228,9 @@ class LLMRecommender:
         if not self.fine_tunes:
             return None
         keys = self.stage_keys(SFT_KEYS)
-        return run_stage("sft", keys, self.config["output_dir"], self._sft, "sft" in self.force)
+        return run_stage(
+            "sft", keys, self.config["output_dir"], self._sft, "sft" in self.force, resumable=True
+        )
 
     def evaluate(self) -> Path:
         sft = self.sft_folder()
@@ -244,7 +251,7 @@ class LLMRecommender:
         if loaded is None:
             loaded = self.load()
             if sft is not None:
-                state = torch.load(sft / "trainable.pt")
+                state = torch.load(sft / "trainable.pt", map_location="cpu")
                 load_trainable_state(loaded[0], loaded[2].projector, state)
         merge = getattr(loaded[0], "merge_and_unload", None)  # a peft model
         if self.config.get("merge_lora", True) and merge is not None:

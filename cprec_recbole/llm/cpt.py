@@ -1,0 +1,348 @@
+"""CPRec's all-domain continual pre-training (paper section 4.4), a cached, resumable stage.
+
+LoRA on the backbone, one epoch over the behaviour corpus rendered with the unified text-only
+template, causal-LM loss on the answer, data ordered by phase and the learning rate driven by the
+same phase boundaries (counted in samples, turned into optimizer steps). The ablations of the
+paper's Fig. 4 differ only in data order and in which phases the schedule has:
+
+- ``DS+Mix(A)`` (CPRec): shuffled domain-specific samples (warm-up = their first
+  ``cpt_warmup_ratio``, then stable), then shuffled mixed samples (annealing);
+- ``DS+Mix(S)``: the same order, the mixed samples at the stable rate (no annealing);
+- ``DS+Mix(N)``: everything shuffled together, same phase lengths as A;
+- ``DS``: domain-specific samples only, warm-up then stable (there is nothing to anneal on).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from cprec_recbole.data.corpus import Corpus, corpus_stage, load_corpus, resolve_cpt_domains
+from cprec_recbole.errors import ConfigError
+from cprec_recbole.llm.backbone import BACKBONE_KEYS, add_lora, load_backbone
+from cprec_recbole.llm.batching import encode_batch, shorten_titles
+from cprec_recbole.llm.loop import (
+    ADAPTER,
+    CHECKPOINTS,
+    Plan,
+    TrainLoop,
+    adam,
+    batch_steps,
+    save_adapter,
+)
+from cprec_recbole.llm.projector import model_device
+from cprec_recbole.llm.schedulers import learning_rates, plot_schedule, schedule_keys
+from cprec_recbole.llm.sft import answer_loss
+from cprec_recbole.plugins import Plugins
+from cprec_recbole.stages import read_manifest, run_stage, stage_dir
+
+logger = logging.getLogger(__name__)
+VARIANTS = ("DS", "DS+Mix(N)", "DS+Mix(S)", "DS+Mix(A)")
+PHASES = ("warmup", "stable", "annealing")
+#: Keys that change what CPT computes (plus the corpus stage, the template text and the
+#: schedule's own keys). ``checkpoint_every`` is absent: where a run checkpoints changes nothing.
+CPT_KEYS = (
+    *BACKBONE_KEYS,
+    "max_title_tokens",
+    "cpt_template",
+    "cpt_variant",
+    "cpt_scheduler",
+    "cpt_warmup_ratio",
+    "cpt_samples",
+    "cpt_mixed_samples",
+    "cpt_batch_size",
+    "cpt_micro_batch_size",
+    "cpt_length_grouped",
+    "cpt_seed",
+    "cpt_checkpoint_samples",
+    "eta_l",
+    "eta_h",
+)
+
+
+def _subset(indices: np.ndarray, limit: int | None, rng: np.random.Generator) -> np.ndarray:
+    if limit is None or limit >= len(indices):
+        return indices
+    return np.sort(rng.choice(indices, int(limit), replace=False))
+
+
+def variant_order(
+    phase: np.ndarray,
+    variant: str,
+    seed: int,
+    warmup_ratio: float,
+    ds_limit: int | None = None,
+    mixed_limit: int | None = None,
+) -> tuple[np.ndarray, dict[str, int]]:
+    """Training order (corpus row indices) and phase ends in samples (``warmup``, ``stable``,
+    ``total``) of an ablation variant; ``phase`` is the corpus' 0 = domain-specific, 1 = mixed."""
+    if variant not in VARIANTS:
+        raise ConfigError(
+            f"config key 'cpt_variant' must be one of {', '.join(VARIANTS)}; found {variant!r}"
+        )
+    rng = np.random.default_rng(seed)
+    ds = rng.permutation(_subset(np.flatnonzero(phase == 0), ds_limit, rng))
+    mixed = rng.permutation(_subset(np.flatnonzero(phase == 1), mixed_limit, rng))
+    if variant == "DS":
+        mixed = mixed[:0]
+    order = np.concatenate([ds, mixed])
+    if variant == "DS+Mix(N)":
+        order = rng.permutation(order)
+    warmup = round(warmup_ratio * len(ds))
+    stable = len(order) if variant in ("DS", "DS+Mix(S)") else len(ds)
+    return order, {"warmup": warmup, "stable": stable, "total": len(order)}
+
+
+def length_grouped(
+    ids: np.ndarray, lengths: np.ndarray, micro: int, seed: int, mega: int = 64
+) -> list[list[int]]:
+    """Micro-batches of similar prompt length (little padding): sort each run of ``mega``
+    micro-batches' worth of samples by length, cut, and shuffle the micro-batches in the run."""
+    rng = np.random.default_rng(seed)
+    out: list[list[int]] = []
+    for start in range(0, len(ids), micro * mega):
+        chunk = ids[start : start + micro * mega]
+        chunk = chunk[np.argsort(-lengths[chunk], kind="stable")]
+        micros = [chunk[i : i + micro].tolist() for i in range(0, len(chunk), micro)]
+        out += [micros[i] for i in rng.permutation(len(micros))]
+    return out
+
+
+def cpt_plan(
+    order: np.ndarray,
+    phases: dict[str, int],
+    lengths: np.ndarray | None,
+    micro: int,
+    accumulate: int,
+    seed: int,
+    checkpoint_samples=(),
+) -> tuple[Plan, dict[str, int]]:
+    """Steps phase by phase (a phase boundary is always a step boundary), named checkpoints at
+    phase ends and at ``checkpoint_samples``; returns the plan and the phase ends in steps."""
+    bounds = [0, phases["warmup"], phases["stable"], phases["total"]]
+    steps: list[list[list[int]]] = []
+    ends: dict[str, int] = {}
+    for name, lo, hi in zip(PHASES, bounds, bounds[1:]):
+        part = order[lo:hi]
+        if lengths is None:
+            steps += batch_steps(part.tolist(), micro, accumulate)
+        else:
+            micros = length_grouped(part, lengths, micro, seed + lo)
+            steps += [micros[i : i + accumulate] for i in range(0, len(micros), accumulate)]
+        ends[name] = len(steps)
+    plan = Plan(steps)
+    names: dict[int, list[str]] = {}
+    for n in checkpoint_samples or ():
+        if int(n) <= phases["total"]:
+            names.setdefault(plan.step_after_samples(int(n)), []).append(f"samples-{int(n)}")
+    for name in PHASES:
+        if ends[name] > 0:
+            names.setdefault(ends[name], []).insert(0, name)
+    plan.checkpoints = names
+    return plan, {"warmup": ends["warmup"], "stable": ends["stable"], "total": len(steps)}
+
+
+def sample_lengths(corpus: Corpus, title_tokens: np.ndarray, template_tokens: int) -> np.ndarray:
+    """Prompt + answer tokens of every corpus sample, from per-item title token counts (a
+    vectorised estimate: separators and the template's own words count as ``template_tokens``)."""
+    padded = np.append(title_tokens, 0)  # code -1 (padding) looks up the appended 0
+    per_row = padded[corpus.history].sum(1) + padded[corpus.candidates].sum(1)
+    return (
+        per_row
+        + padded[corpus.target]
+        + template_tokens
+        + 2 * ((corpus.history >= 0).sum(1) + corpus.candidates.shape[1])
+    )
+
+
+def cpt_keys(config: dict, plugins: Plugins, corpus_folder: Path) -> dict:
+    factory = plugins.schedulers.get(config["cpt_scheduler"])
+    template = plugins.prompt_templates.get(config["cpt_template"])
+    keys = {k: config.get(k) for k in CPT_KEYS}
+    keys["corpus_stage"] = corpus_folder.name
+    keys["template"] = asdict(template)
+    keys["schedule"] = {k: config.get(k) for k in schedule_keys(factory)}
+    if config.get("add_domain"):
+        keys["add_domain"] = config["add_domain"]
+        keys["resume_from"] = config.get("resume_from")
+    return keys
+
+
+class CPT:
+    """One CPT run: corpus -> plan -> the shared training loop -> adapters."""
+
+    def __init__(self, config: dict, plugins: Plugins, corpus_folder: Path):
+        self.config, self.plugins, self.corpus_folder = config, plugins, corpus_folder
+        self.template = plugins.prompt_templates.get(config["cpt_template"])
+        self.factory = plugins.schedulers.get(config["cpt_scheduler"])
+
+    def build(self, folder: Path) -> dict:
+        config = self.config
+        corpus = load_corpus(self.corpus_folder)
+        model, tokenizer = load_backbone(
+            config, self.plugins, [*corpus.titles.values(), self.template.text]
+        )
+        titles = shorten_titles(tokenizer, corpus.titles, config.get("max_title_tokens"))
+        model = add_lora(model, config)
+        micro = int(config["cpt_micro_batch_size"])
+        accumulate = max(1, math.ceil(int(config["cpt_batch_size"]) / micro))
+        seed = int(config["cpt_seed"])
+        lengths = self._lengths(corpus, tokenizer, titles)
+        grouped = lengths if config.get("cpt_length_grouped", True) else None
+        if config.get("add_domain"):
+            order, phases, plan, step_phases = self._reanneal_plan(
+                folder, corpus, grouped, micro, accumulate
+            )
+        else:
+            order, phases = variant_order(
+                corpus.phase,
+                config["cpt_variant"],
+                seed,
+                float(config["cpt_warmup_ratio"]),
+                config.get("cpt_samples"),
+                config.get("cpt_mixed_samples"),
+            )
+            plan, step_phases = cpt_plan(
+                order,
+                phases,
+                grouped,
+                micro,
+                accumulate,
+                seed,
+                config.get("cpt_checkpoint_samples"),
+            )
+        eta_h = float(config["eta_h"])
+        schedule_config = {**config, "min_lr_ratio": float(config["eta_l"]) / eta_h}
+        optimizer = adam(model, None, eta_h)
+        scheduler = self.factory(optimizer, step_phases, schedule_config)
+        if config.get("plot_schedule"):
+            self._plot(folder, plan, step_phases, schedule_config, eta_h)
+        loop = TrainLoop(
+            model,
+            None,
+            optimizer,
+            scheduler,
+            folder,
+            "cpt",
+            config.get("checkpoint_every"),
+            bool(config.get("show_progress", True)),
+        )
+        device = model_device(model)
+
+        def loss_fn(step: int, ids: list[int]):
+            batch = encode_batch(
+                tokenizer, self.template, corpus.samples(ids), titles, {}, "item", with_answer=True
+            ).to(device)
+            return answer_loss(model, batch, None, None)
+
+        train = loop.run(plan, loss_fn)
+        save_adapter(model, folder / ADAPTER)
+        mixed = int(np.isin(order, np.flatnonzero(corpus.phase == 1)).sum())
+        return {
+            **train,
+            "samples": len(order),
+            "domain_specific_samples": len(order) - mixed,
+            "mixed_samples": mixed,
+            "tokens": int(lengths[order].sum()),
+            "phases_in_samples": phases,
+            "phases_in_steps": step_phases,
+            "checkpoints": sorted({n for names in plan.checkpoints.values() for n in names}),
+        }
+
+    def _lengths(self, corpus: Corpus, tokenizer, titles: dict) -> np.ndarray:
+        codes = np.arange(len(corpus.titles))
+        ids = tokenizer([titles[c] for c in codes], add_special_tokens=False)["input_ids"]
+        title_tokens = np.array([len(i) for i in ids])
+        fixed = len(tokenizer(self.template.text, add_special_tokens=True)["input_ids"])
+        return sample_lengths(corpus, title_tokens, fixed)
+
+    def _plot(
+        self, folder: Path, plan: Plan, step_phases: dict, schedule_config: dict, eta_h: float
+    ) -> None:
+        rates = learning_rates(self.factory, step_phases, schedule_config, eta_h)
+        per_step = plan.samples_per_step
+        edges = np.concatenate([[0], np.cumsum(per_step)])
+        bounds = [0, step_phases["warmup"], step_phases["stable"], step_phases["total"]]
+        spans = {
+            p: (int(edges[a]), int(edges[b]))
+            for p, a, b in zip(PHASES, bounds, bounds[1:])
+            if b > a
+        }
+        plot_schedule(
+            folder / "lr_schedule.png",
+            rates,
+            per_step,
+            spans,
+            f"CPT {self.config['cpt_variant']}, {self.config['cpt_scheduler']} schedule",
+        )
+
+    def _reanneal_plan(self, folder: Path, corpus: Corpus, lengths, micro: int, accumulate: int):
+        """``--resume_from=stable --add_domain=X``: continue the base run from its stable
+        checkpoint (its warm-up and stable steps stand as done, empty here) and anneal on the
+        mixed samples of the corpus that now includes X."""
+        if self.config.get("resume_from") != "stable":
+            raise ConfigError(
+                "add_domain needs resume_from: stable (re-anneal from the stable checkpoint)"
+            )
+        base = base_cpt_folder(self.config, self.plugins)
+        stable = base / CHECKPOINTS / "stable"
+        manifest = read_manifest(base)
+        if manifest is None or not stable.is_dir():
+            raise ConfigError(
+                f"resume_from=stable: no finished CPT run with a 'stable' checkpoint at {base}; "
+                "run the same command without add_domain and resume_from first"
+            )
+        done = manifest["metrics"]["phases_in_steps"]
+        seed = int(self.config["cpt_seed"])
+        rng = np.random.default_rng(seed + 1)
+        mixed = rng.permutation(
+            _subset(np.flatnonzero(corpus.phase == 1), self.config.get("cpt_mixed_samples"), rng)
+        )
+        anneal, _ = cpt_plan(
+            mixed, {"warmup": 0, "stable": 0, "total": len(mixed)}, lengths, micro, accumulate, seed
+        )
+        plan = Plan([[[]] for _ in range(done["stable"])] + anneal.steps)
+        plan.checkpoints = {len(plan.steps): ["annealing"]}
+        target = folder / CHECKPOINTS / "stable"
+        if not any((folder / CHECKPOINTS).glob("[!.]*")):
+            shutil.copytree(stable, target)
+        step_phases = {"warmup": done["warmup"], "stable": done["stable"], "total": len(plan.steps)}
+        phases = {"warmup": 0, "stable": 0, "total": len(mixed)}
+        return mixed, phases, plan, step_phases
+
+
+def base_cpt_folder(config: dict, plugins: Plugins) -> Path:
+    """The CPT stage folder of the run that ``add_domain`` continues (same config, base domains)."""
+    base = {k: v for k, v in config.items() if k not in ("add_domain", "resume_from")}
+    base["cpt_domains"] = [d for d in config["cpt_domains"] if d != config["add_domain"]]
+    corpus = corpus_stage(base, plugins)
+    return stage_dir(base["output_dir"], "cpt", cpt_keys(base, plugins, corpus))
+
+
+def cpt_stage(config: dict, plugins: Plugins, force=()) -> Path:
+    """Run (or reuse, or continue after a kill) the CPT stage for ``config``."""
+    cfg = dict(config)
+    added = cfg.get("add_domain")
+    if added:
+        base = resolve_cpt_domains({**cfg, "add_domain": None}, plugins)
+        if added in base:
+            raise ConfigError(
+                f"add_domain {added!r} is already a CPT domain of the base run ({', '.join(base)}); "
+                "list the base run's domains in cpt_domains"
+            )
+        cfg["cpt_domains"] = [*base, added]
+    corpus_folder = corpus_stage(cfg, plugins, force="corpus" in force)
+    keys = cpt_keys(cfg, plugins, corpus_folder)
+    return run_stage(
+        "cpt",
+        keys,
+        cfg["output_dir"],
+        CPT(cfg, plugins, corpus_folder).build,
+        force="cpt" in force,
+        resumable=True,
+    )

@@ -1,0 +1,252 @@
+"""CPRec's CPT stage, the shared training loop and the CPT models, on tiny-random and tiny data."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from cprec_recbole.llm.cpt import VARIANTS, cpt_plan, length_grouped, variant_order
+from cprec_recbole.llm.sft import trainable_state
+from cprec_recbole.quick_start import run
+from tests.conftest import REPO, cyclic_sequences, write_dataset
+
+PHASE = np.array([0] * 40 + [1] * 10)  # 40 domain-specific then 10 mixed corpus rows
+
+
+def test_cprec_variant_anneals_on_mixed_samples_after_all_domain_specific_ones():
+    order, phases = variant_order(PHASE, "DS+Mix(A)", seed=0, warmup_ratio=0.05)
+    assert phases == {"warmup": 2, "stable": 40, "total": 50}
+    assert (PHASE[order[:40]] == 0).all() and (PHASE[order[40:]] == 1).all()
+    assert sorted(order) == list(range(50))
+
+
+@pytest.mark.parametrize(
+    "variant, phases, tail_is_mixed",
+    [
+        ("DS", {"warmup": 2, "stable": 40, "total": 40}, False),
+        ("DS+Mix(S)", {"warmup": 2, "stable": 50, "total": 50}, True),
+        ("DS+Mix(N)", {"warmup": 2, "stable": 40, "total": 50}, None),
+    ],
+)
+def test_each_ablation_yields_its_documented_phase_order(variant, phases, tail_is_mixed):
+    order, got = variant_order(PHASE, variant, seed=0, warmup_ratio=0.05)
+    assert got == phases and len(set(order)) == len(order) == phases["total"]
+    if tail_is_mixed is True:  # mixed last, but at the stable rate
+        assert (PHASE[order[40:]] == 1).all()
+    elif tail_is_mixed is False:  # no mixed data at all
+        assert (PHASE[order] == 0).all()
+    else:  # shuffled together: mixed rows occur before the last ten
+        assert (PHASE[order[:40]] == 1).any()
+    assert set(VARIANTS) == {"DS", "DS+Mix(N)", "DS+Mix(S)", "DS+Mix(A)"}
+
+
+def test_sample_caps_take_seeded_subsets_of_each_phase():
+    order, phases = variant_order(PHASE, "DS+Mix(A)", 3, 0.1, ds_limit=20, mixed_limit=4)
+    again, _ = variant_order(PHASE, "DS+Mix(A)", 3, 0.1, ds_limit=20, mixed_limit=4)
+    assert phases == {"warmup": 2, "stable": 20, "total": 24}
+    assert (order == again).all() and (PHASE[order[20:]] == 1).all()
+
+
+def test_phase_boundaries_fall_on_step_boundaries_and_name_checkpoints():
+    order, phases = variant_order(PHASE, "DS+Mix(A)", seed=0, warmup_ratio=0.1)  # warm-up: 4
+    lengths = np.arange(50) % 7
+    plan, steps = cpt_plan(
+        order, phases, lengths, micro=3, accumulate=2, seed=0, checkpoint_samples=[20, 99]
+    )
+    done = np.cumsum(plan.samples_per_step)
+    assert done[steps["warmup"] - 1] == 4 and done[steps["stable"] - 1] == 40
+    assert done[-1] == 50 and steps["total"] == len(plan.steps)
+    flat = [i for step in plan.steps for micro in step for i in micro]
+    assert sorted(flat) == list(range(50))
+    assert set(flat[:40]) == set(order[:40].tolist())  # grouping never crosses a phase boundary
+    assert plan.checkpoints[steps["stable"]] == ["stable"]
+    assert plan.checkpoints[plan.step_after_samples(20)] == ["samples-20"]
+    assert "samples-99" not in str(plan.checkpoints)  # beyond the corpus
+
+
+def test_length_grouped_micro_batches_pad_less_than_the_shuffled_order():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(100, 400, 256)
+    ids = rng.permutation(256)
+
+    def padding(micros):
+        return sum(len(m) * lengths[m].max() - lengths[m].sum() for m in micros)
+
+    grouped = length_grouped(ids, lengths, micro=4, seed=0)
+    naive = [ids[i : i + 4] for i in range(0, 256, 4)]
+    assert sorted(i for m in grouped for i in m) == list(range(256))
+    assert padding(grouped) < padding(naive) / 5
+
+
+def test_saved_best_state_is_a_copy_that_later_steps_do_not_change():
+    # Early stopping restores the best epoch's weights; a saved state that aliases the live
+    # projector tensors (projector.state_dict() uncloned) would follow later epochs instead.
+    model = torch.nn.Linear(3, 3)
+    projector = torch.nn.Linear(2, 2)
+    state = trainable_state(model, projector)
+    with torch.no_grad():
+        projector.weight.add_(1.0)
+        model.weight.add_(1.0)
+    assert not torch.equal(state["projector"]["weight"], projector.weight)
+    assert not torch.equal(state["lora"]["weight"], model.weight)
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+def write_cpt_domains(root: Path, names=("ShopA", "ShopB")) -> Path:
+    """Downstream ``Tiny`` plus CPT domains with the same users (so mixed windows exist)."""
+    write_dataset(root, "Tiny", cyclic_sequences())
+    for name in names:
+        sequences = {f"s{u}": [f"{name}{(u + t) % 30}" for t in range(7)] for u in range(24)}
+        write_dataset(root, name, sequences)
+    return root
+
+
+@pytest.fixture
+def cpt_overrides(tmp_path: Path) -> dict:
+    data = write_cpt_domains(tmp_path / "data")
+    return {
+        "data_path": str(data),
+        "output_dir": str(tmp_path / "saved"),
+        "llm_backbone": "tiny-random",
+        "show_progress": False,
+        "sft_samples": 32,
+        "valid_users": 8,
+        "eval_users": 12,
+        "micro_batch_size": 8,
+        "train_batch_size": 8,
+        "checkpoint_every": 16,
+        "cpt_samples": 48,
+        "cpt_mixed_samples": 16,
+        "cpt_batch_size": 8,
+        "cpt_micro_batch_size": 4,
+        "cpt_checkpoint_samples": [24],
+        "rec_model_overrides": {"epochs": 1, "hidden_size": 16, "inner_size": 32, "n_layers": 1},
+    }
+
+
+def test_cprec_runs_corpus_cpt_sft_and_eval_and_cptllara_reuses_the_cpt(cpt_overrides, caplog):
+    caplog.set_level("INFO")
+    result = run("CPRec", "Tiny", overrides={**cpt_overrides, "plot_schedule": True})
+    saved = Path(cpt_overrides["output_dir"])
+    (cpt,) = saved.glob("cpt/*/manifest.json")
+    metrics = json.loads(cpt.read_text())["metrics"]
+    assert metrics["samples"] == 64 and metrics["mixed_samples"] == 16
+    assert metrics["phases_in_samples"] == {"warmup": 2, "stable": 48, "total": 64}
+    folder = cpt.parent
+    assert {"warmup", "stable", "annealing", "samples-24"} <= {
+        p.name for p in (folder / "checkpoints").iterdir()
+    }
+    assert not list((folder / "checkpoints").glob("rolling-*"))
+    assert (folder / "adapter" / "adapter_model.safetensors").is_file()
+    assert (folder / "lr_schedule.png").stat().st_size > 0
+    assert result["test"]["users"] == 12
+    caplog.clear()
+    zero = run("CPTLLaRA", "Tiny", overrides=cpt_overrides)
+    assert "stage cpt: reusing" in caplog.text and "stage sft" not in caplog.text
+    assert zero["candidates_sha256"] == result["candidates_sha256"]
+    caplog.clear()
+    run("CPRec", "Tiny", overrides={**cpt_overrides, "seed": 7})  # another SFT seed: same CPT
+    assert "stage cpt: reusing" in caplog.text and "stage sft: building" in caplog.text
+
+
+def test_cpt_adapters_change_what_cprec_starts_from(cpt_overrides):
+    run("CPTLLaRA", "Tiny", overrides=cpt_overrides)
+    (adapter,) = Path(cpt_overrides["output_dir"]).glob("cpt/*/adapter/adapter_model.safetensors")
+    weights = load_file(adapter)
+    assert any(
+        name.endswith("lora_B.weight") and value.abs().sum() > 0 for name, value in weights.items()
+    )
+
+
+KILL_AT_CHECKPOINT = textwrap.dedent(
+    """
+    import json, os, signal, sys
+    import torch
+    torch.set_num_threads(1)
+    from cprec_recbole.llm import loop
+    from cprec_recbole.quick_start import run
+
+    overrides, kill_at = json.loads(sys.argv[1]), int(sys.argv[2])
+    written = []
+    checkpoint = loop.TrainLoop.checkpoint
+
+    def checkpoint_then_maybe_die(self, name):
+        path = checkpoint(self, name)
+        written.append(name)
+        if len(written) == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)  # as `kill -9`: no cleanup, no manifest
+        return path
+
+    loop.TrainLoop.checkpoint = checkpoint_then_maybe_die
+    run("CPRec", "Tiny", overrides=overrides)
+    """
+)
+
+
+def _run_cprec(overrides: dict, kill_at: int = 0) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-c", KILL_AT_CHECKPOINT, json.dumps(overrides), str(kill_at)]
+    return subprocess.run(
+        command, check=False, cwd=REPO, capture_output=True, text=True, timeout=600
+    )
+
+
+@pytest.mark.parametrize("kill_at, stage", [(3, "cpt"), (7, "sft")])
+def test_a_stage_killed_midway_resumes_to_the_same_weights_as_an_uninterrupted_run(
+    cpt_overrides, tmp_path, kill_at, stage
+):
+    whole = {**cpt_overrides, "output_dir": str(tmp_path / "whole")}
+    assert _run_cprec(whole).returncode == 0
+    killed = {**cpt_overrides, "output_dir": str(tmp_path / "killed")}
+    assert _run_cprec(killed, kill_at).returncode == -9
+    stage_dirs = Path(killed["output_dir"]).glob("*/*")
+    unfinished = [
+        p for p in stage_dirs if not (p / "manifest.json").exists() and p.parent.name != "log"
+    ]
+    assert [p.parent.name for p in unfinished] == [stage] and (
+        unfinished[0] / "checkpoints"
+    ).is_dir()
+    resumed = _run_cprec(killed)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert (
+        f"stage {stage}: continuing" in resumed.stderr
+        and "resuming from checkpoint" in resumed.stderr
+    )
+    for name, artifact in (("cpt", "adapter/adapter_model.safetensors"), ("sft", "trainable.pt")):
+        (a,) = Path(whole["output_dir"]).glob(f"{name}/*/{artifact}")
+        (b,) = Path(killed["output_dir"]).glob(f"{name}/*/{artifact}")
+        assert a.parent.name == b.parent.name  # same config hash
+        load = load_file if artifact.endswith("safetensors") else lambda p: torch.load(p)["lora"]
+        left, right = load(a), load(b)
+        assert left.keys() == right.keys()
+        assert all(torch.equal(left[k], right[k]) for k in left)
+
+
+def test_a_new_domain_re_anneals_from_the_stable_checkpoint(cpt_overrides, caplog):
+    write_cpt_domains(Path(cpt_overrides["data_path"]), names=("ShopC",))
+    base = {**cpt_overrides, "cpt_domains": ["ShopA", "ShopB"]}
+    run("CPTLLaRA", "Tiny", overrides=base)
+    caplog.set_level("INFO")
+    caplog.clear()
+    run("CPTLLaRA", "Tiny", overrides={**base, "add_domain": "ShopC", "resume_from": "stable"})
+    assert "cpt: resuming from checkpoint stable" in caplog.text
+    manifests = [
+        json.loads(p.read_text()) for p in Path(base["output_dir"]).glob("cpt/*/manifest.json")
+    ]
+    (first,) = [m for m in manifests if "add_domain" not in m["config"]]
+    (second,) = [m for m in manifests if m["config"].get("add_domain") == "ShopC"]
+    assert (
+        second["metrics"]["phases_in_steps"]["stable"]
+        == first["metrics"]["phases_in_steps"]["stable"]
+    )
+    assert second["metrics"]["mixed_samples"] == second["metrics"]["samples"] == 16
+    assert second["metrics"]["resumed_at_samples"] == 0  # the base run's steps count as done
