@@ -74,3 +74,62 @@ def test_sft_step_benchmark_times_both_losses_on_the_same_batches(tiny_overrides
     assert out["micro_batches"] == 2
     assert out["naive_s_per_sample"] > 0 and out["shipped_s_per_sample"] > 0
     assert json.loads((tmp_path / "sft-step-LLaRA-tiny-random.json").read_text()) == out
+
+
+# --------------------------------------------------------------------------- CPT throughput
+@pytest.fixture(scope="module")
+def cpt_bench():
+    return load_script("cpt_throughput")
+
+
+def test_padding_counts_each_micro_batch_up_to_its_longest_row(cpt_bench):
+    lengths = np.array([10, 4, 6, 6, 3])
+    out = cpt_bench.padding([[0, 1], [2, 3, 4]], lengths)
+    assert out == {"real_tokens": 29, "padded_tokens": 2 * 10 + 3 * 6, "padding_fraction": 0.2368}
+
+
+def test_random_micro_batches_cover_every_sample_once_in_a_seeded_order(cpt_bench):
+    micros = cpt_bench.random_micro_batches(np.arange(10, 20), micro=4, seed=3)
+    assert [len(m) for m in micros] == [4, 4, 2]
+    assert sorted(i for m in micros for i in m) == list(range(10, 20))
+    assert micros == cpt_bench.random_micro_batches(np.arange(10, 20), micro=4, seed=3)
+
+
+def test_train_flops_counts_padding_as_executed_but_not_as_useful(cpt_bench):
+    dims = cpt_bench.Dims(frozen=100, lora=10, layers=2, query=4, hidden=3, vocab=5)
+    executed, useful = cpt_bench.train_flops([3, 1], width=3, kept=2, dims=dims)
+    head = 4 * 3 * 5 * 2 * 2
+    assert executed == 460 * 6 + 96 * 2 * 9 + head
+    assert useful == 460 * 4 + 48 * (9 + 1) + head
+    assert (
+        cpt_bench.train_flops([3, 3], 3, 2, dims)[1] < cpt_bench.train_flops([3, 3], 3, 2, dims)[0]
+    )
+
+
+def test_cpt_throughput_benchmark_runs_both_modes_and_variants_on_tiny_random(cpt_bench, tmp_path):
+    from tests.test_cpt import write_cpt_domains
+
+    data = write_cpt_domains(tmp_path / "data")
+    argv = [
+        "--model=CPRec",
+        "--dataset=Tiny",
+        f"--data_path={data}",
+        f"--output_dir={tmp_path / 'saved'}",
+        "--llm_backbone=tiny-random",
+        "--cpt_micro_batch_size=4",
+        "--samples=12",
+        "--variants=1",
+        "--profile=1",
+        "--matmul_repeats=2",
+        f"--results_dir={tmp_path / 'results'}",
+    ]
+    out = cpt_bench.main(argv)
+    naive, shipped = out["naive"], out["shipped"]
+    assert naive["real_tokens"] == shipped["real_tokens"] > 0  # the same samples in both modes
+    assert shipped["padded_tokens"] <= naive["padded_tokens"]
+    assert out["ratio_shipped_over_naive_real_tokens_per_s"] > 0
+    assert len(out["profile"]["top_ops"]) == 10
+    assert [v["micro_batch_size"] for v in out["variants"]] == [4, 4, 4, 8, 8, 8]
+    assert set(out["plan_padding"]["by_micro_batch_size"]) == {"4", "8", "16"}
+    written = json.loads((tmp_path / "results" / "cpt-throughput-tiny-random.json").read_text())
+    assert written == out
