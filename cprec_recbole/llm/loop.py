@@ -26,6 +26,7 @@ import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -51,7 +52,7 @@ class Plan:
     steps: list[list[list[int]]]
     checkpoints: dict[int, list[str]] = field(default_factory=dict)
 
-    @property
+    @cached_property
     def samples_per_step(self) -> np.ndarray:
         return np.array([sum(len(m) for m in step) for step in self.steps], dtype=np.int64)
 
