@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from cprec_recbole.llm.cpt import VARIANTS, cpt_plan, length_grouped, variant_order
+from cprec_recbole.llm.loop import Plan, TrainLoop
 from cprec_recbole.llm.sft import trainable_state
 from cprec_recbole.quick_start import run
 from tests.conftest import REPO, cyclic_sequences, write_dataset
@@ -250,3 +251,15 @@ def test_a_new_domain_re_anneals_from_the_stable_checkpoint(cpt_overrides, caplo
     )
     assert second["metrics"]["mixed_samples"] == second["metrics"]["samples"] == 16
     assert second["metrics"]["resumed_at_samples"] == 0  # the base run's steps count as done
+
+
+def test_the_loop_clips_each_steps_gradient_norm(tmp_path):
+    model = torch.nn.Linear(4, 1, bias=False)
+    before = model.weight.detach().clone()
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    loop = TrainLoop(
+        model, None, optimizer, scheduler, tmp_path, "t", show_progress=False, max_grad_norm=0.5
+    )
+    loop.run(Plan([[[0]]]), lambda step, ids: 1000 * model(torch.ones(1, 4)).sum())
+    assert torch.linalg.norm(model.weight.detach() - before) == pytest.approx(0.5)

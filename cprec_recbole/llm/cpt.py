@@ -62,6 +62,7 @@ CPT_KEYS = (
     "cpt_checkpoint_samples",
     "eta_l",
     "eta_h",
+    "max_grad_norm",
 )
 
 
@@ -231,6 +232,7 @@ class CPT:
             "cpt",
             config.get("checkpoint_every"),
             bool(config.get("show_progress", True)),
+            max_grad_norm=config.get("max_grad_norm"),
         )
         device = model_device(model)
 

@@ -128,6 +128,7 @@ class TrainLoop:
     """Runs a :class:`Plan` with checkpoints under ``<folder>/checkpoints/``.
 
     ``loss_fn(step, micro_batch_ids)`` returns the mean loss of one micro-batch.
+    ``max_grad_norm`` clips the gradient norm of each step (as HF's Trainer does by default).
     ``on_checkpoint(name, steps_done)`` runs before a named checkpoint is written (SFT validates
     at epoch ends there) and returns True to stop training early.
     """
@@ -143,12 +144,14 @@ class TrainLoop:
         checkpoint_every: int | None = None,
         show_progress: bool = True,
         state: Stateful | None = None,
+        max_grad_norm: float | None = None,
     ):
         self.model, self.projector = model, projector
         self.optimizer, self.scheduler = optimizer, scheduler
         self.folder = Path(folder) / CHECKPOINTS
         self.name, self.every, self.show = name, checkpoint_every, show_progress
         self.state = state
+        self.max_grad_norm = max_grad_norm
         self.steps_done, self.losses, self.stopped = 0, [], False
         self.train_time = 0.0
 
@@ -237,6 +240,9 @@ class TrainLoop:
                 loss = loss_fn(step, ids)
                 (loss / len(micros)).backward()
                 self.losses.append(float(loss.detach()))
+            if self.max_grad_norm:
+                params = [p for g in self.optimizer.param_groups for p in g["params"]]
+                torch.nn.utils.clip_grad_norm_(params, float(self.max_grad_norm))
             self.optimizer.step()
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)

@@ -48,6 +48,7 @@ SFT_KEYS = (
     "train_batch_size",
     "micro_batch_size",
     "learning_rate",
+    "max_grad_norm",
     "lr_scheduler",
     "warmup_ratio",
     "projector_decay",

@@ -178,6 +178,7 @@ def fine_tune(
         config.get("checkpoint_every"),
         bool(config.get("show_progress", True)),
         validation,
+        max_grad_norm=config.get("max_grad_norm"),
     )
     cache: dict[int, Sequence[LLMSample]] = {}
 
