@@ -33,6 +33,7 @@ from cprec_recbole.llm.loop import (
     TrainLoop,
     adam,
     batch_steps,
+    group_steps,
     save_adapter,
 )
 from cprec_recbole.llm.projector import model_device
@@ -133,8 +134,7 @@ def cpt_plan(
         if lengths is None:
             steps += batch_steps(part.tolist(), micro, accumulate)
         else:
-            micros = length_grouped(part, lengths, micro, seed + lo)
-            steps += [micros[i : i + accumulate] for i in range(0, len(micros), accumulate)]
+            steps += group_steps(length_grouped(part, lengths, micro, seed + lo), accumulate)
         ends[name] = len(steps)
     plan = Plan(steps)
     names: dict[int, list[str]] = {}
@@ -244,7 +244,7 @@ class CPT:
 
         train = loop.run(plan, loss_fn)
         save_adapter(model, folder / ADAPTER)
-        mixed = int(np.isin(order, np.flatnonzero(corpus.phase == 1)).sum())
+        mixed = int((corpus.phase[order] == 1).sum())
         return {
             **train,
             "samples": len(order),
@@ -267,8 +267,7 @@ class CPT:
         self, folder: Path, plan: Plan, step_phases: dict, schedule_config: dict, eta_h: float
     ) -> None:
         rates = learning_rates(self.factory, step_phases, schedule_config, eta_h)
-        per_step = plan.samples_per_step
-        edges = np.concatenate([[0], np.cumsum(per_step)])
+        edges = plan.cumulative
         bounds = [0, step_phases["warmup"], step_phases["stable"], step_phases["total"]]
         spans = {
             p: (int(edges[a]), int(edges[b]))
@@ -278,7 +277,7 @@ class CPT:
         plot_schedule(
             folder / "lr_schedule.png",
             rates,
-            per_step,
+            plan.samples_per_step,
             spans,
             f"CPT {self.config['cpt_variant']}, {self.config['cpt_scheduler']} schedule",
         )
@@ -305,16 +304,14 @@ class CPT:
         mixed = rng.permutation(
             _subset(np.flatnonzero(corpus.phase == 1), self.config.get("cpt_mixed_samples"), rng)
         )
-        anneal, _ = cpt_plan(
-            mixed, {"warmup": 0, "stable": 0, "total": len(mixed)}, lengths, micro, accumulate, seed
-        )
+        phases = {"warmup": 0, "stable": 0, "total": len(mixed)}  # all annealing
+        anneal, _ = cpt_plan(mixed, phases, lengths, micro, accumulate, seed)
         plan = Plan([[[]] for _ in range(done["stable"])] + anneal.steps)
         plan.checkpoints = {len(plan.steps): ["annealing"]}
         target = folder / CHECKPOINTS / "stable"
         if not any((folder / CHECKPOINTS).glob("[!.]*")):
             shutil.copytree(stable, target)
         step_phases = {"warmup": done["warmup"], "stable": done["stable"], "total": len(plan.steps)}
-        phases = {"warmup": 0, "stable": 0, "total": len(mixed)}
         return mixed, phases, plan, step_phases
 
 

@@ -56,20 +56,28 @@ class Plan:
     def samples_per_step(self) -> np.ndarray:
         return np.array([sum(len(m) for m in step) for step in self.steps], dtype=np.int64)
 
+    @cached_property
+    def cumulative(self) -> np.ndarray:
+        """``cumulative[n]`` = samples done once ``n`` steps are done (``cumulative[0] = 0``)."""
+        return np.concatenate([[0], np.cumsum(self.samples_per_step)])
+
     def samples_done(self, steps: int) -> int:
-        return int(self.samples_per_step[:steps].sum())
+        return int(self.cumulative[steps])
 
     def step_after_samples(self, samples: int) -> int:
         """The first step count at which at least ``samples`` samples are done."""
-        done = np.cumsum(self.samples_per_step)
-        return int(np.searchsorted(done, samples) + 1)
+        return int(np.searchsorted(self.cumulative[1:], samples) + 1)
+
+
+def group_steps(micros: list[list[int]], accumulate: int) -> list[list[list[int]]]:
+    """Group micro-batches into optimizer steps of ``accumulate`` of them."""
+    return [micros[i : i + accumulate] for i in range(0, len(micros), accumulate)]
 
 
 def batch_steps(order: Sequence[int], micro: int, accumulate: int) -> list[list[list[int]]]:
     """Cut a sample order into micro-batches of ``micro`` and steps of ``accumulate`` of them."""
     order = list(order)
-    micros = [order[i : i + micro] for i in range(0, len(order), micro)]
-    return [micros[i : i + accumulate] for i in range(0, len(micros), accumulate)]
+    return group_steps([order[i : i + micro] for i in range(0, len(order), micro)], accumulate)
 
 
 class Stateful(Protocol):
@@ -295,8 +303,7 @@ class TrainLoop:
             return
         if not self.every:
             return
-        done = plan.samples_done(self.steps_done)
-        before = done - int(plan.samples_per_step[self.steps_done - 1])
+        done, before = plan.samples_done(self.steps_done), plan.samples_done(self.steps_done - 1)
         if done // self.every > before // self.every:
             self._drop_rolling(self.checkpoint(f"rolling-{self.steps_done:08d}"))
 
