@@ -44,7 +44,6 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from cprec_recbole.cli import split_args
 from cprec_recbole.data.corpus import Corpus, corpus_stage, load_corpus
 from cprec_recbole.io import write_json
 from cprec_recbole.llm.backbone import add_lora, load_backbone
@@ -53,8 +52,8 @@ from cprec_recbole.llm.cpt import cpt_plan, length_grouped, sample_lengths, vari
 from cprec_recbole.llm.loop import adam
 from cprec_recbole.llm.prompts import answer_text
 from cprec_recbole.llm.sft import answer_loss, answer_span, load_trainable_state, trainable_state
-from cprec_recbole.plugins import load_plugins
-from cprec_recbole.quick_start import build_config
+
+from harness import configure
 
 KNOBS = {"samples": 64, "variants": 0, "profile": 3, "matmul_repeats": 20, "pause_pid": 0}
 FLOPS_FORMULA = (
@@ -332,14 +331,7 @@ def plan_padding(s: Setup, order: np.ndarray, phases: dict, estimate: np.ndarray
 
 # ------------------------------------------------------------------ main
 def setup(argv: list[str]) -> tuple[Setup, dict, Path]:
-    overrides, plugin_files, _, config_files = split_args(argv)
-    knobs = {k: int(overrides.pop(k, default)) for k, default in KNOBS.items()}
-    dataset = str(overrides.pop("dataset", "Game"))
-    name = str(overrides.pop("model", "CPRec"))
-    results = Path(overrides.pop("results_dir", Path(__file__).parent / "results"))
-    plugins = load_plugins(plugin_files)
-    overrides.setdefault("show_progress", False)
-    config = build_config(name, dataset, plugins, config_files, overrides)
+    _, _, config, plugins, results, knobs = configure(argv, KNOBS, model="CPRec")
     corpus = load_corpus(corpus_stage(config, plugins))
     template = plugins.prompt_templates.get(config["cpt_template"])
     base, tokenizer = load_backbone(config, plugins, [*corpus.titles.values(), template.text])

@@ -27,16 +27,22 @@ class Bench:
     knobs: dict[str, int]
 
 
-def setup(argv: list[str], knobs: dict[str, int]) -> Bench:
-    """Parse ``argv``; build the config, prepare the data and construct the recommender."""
+def configure(argv: list[str], knobs: dict[str, int], model: str = "LLaRA"):
+    """Parse ``argv`` into (model name, dataset, config, plugins, results folder, knob values)."""
     overrides, plugin_files, _, config_files = split_args(argv)
     values = {k: int(overrides.pop(k, default)) for k, default in knobs.items()}
     dataset = str(overrides.pop("dataset", "Game"))
-    name = str(overrides.pop("model", "LLaRA"))
+    name = str(overrides.pop("model", model))
     results = Path(overrides.pop("results_dir", Path(__file__).parent / "results"))
     plugins = load_plugins(plugin_files)
     overrides.setdefault("show_progress", False)
     config = build_config(name, dataset, plugins, config_files, overrides)
+    return name, dataset, config, plugins, results, values
+
+
+def setup(argv: list[str], knobs: dict[str, int]) -> Bench:
+    """Parse ``argv``; build the config, prepare the data and construct the recommender."""
+    name, dataset, config, plugins, results, values = configure(argv, knobs)
     data = prepare(config, plugins)
     recommender = plugins.models.get(name)(config, data, plugins, set())
     return Bench(name, dataset, config, plugins, recommender, results, values)

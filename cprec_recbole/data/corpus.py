@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cprec_recbole.data.candidates import uniform_negatives
-from cprec_recbole.data.prepare import resolve_domain
+from cprec_recbole.data.prepare import domain_source, resolve_domain
 from cprec_recbole.data.windows import PAD, window_matrix
 from cprec_recbole.errors import ConfigError, DataError
 from cprec_recbole.io import write_atomic
@@ -389,11 +389,7 @@ def corpus_stage(config: dict, plugins: Plugins, force: bool = False) -> Path:
     names = resolve_cpt_domains(config, plugins)
     domains = {n: resolve_domain(_domain_config(config, n), plugins) for n in names}
     keys = {**settings, "cpt_domains": names}
-    # A domain without a fingerprint is identified by its name only: edits to its files go unseen.
-    keys["sources"] = {
-        n: d.fingerprint(_domain_config(config, n)) if hasattr(d, "fingerprint") else repr(d)
-        for n, d in domains.items()
-    }
+    keys["sources"] = {n: domain_source(d, _domain_config(config, n)) for n, d in domains.items()}
     return run_stage(
         "corpus",
         keys,

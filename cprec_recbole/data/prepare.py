@@ -94,6 +94,12 @@ def resolve_domain(config: dict, plugins: Plugins):
     )
 
 
+def domain_source(domain, config: dict):
+    """What identifies a domain's data in a stage key: its fingerprint (files' names, sizes,
+    contents), or, for a domain without one, its repr (edits to its files then go unseen)."""
+    return domain.fingerprint(config) if hasattr(domain, "fingerprint") else repr(domain)
+
+
 def _check_ids(inter: pd.DataFrame, name: str) -> None:
     for column in ("user_id", "item_id"):
         bad = inter[column].str.contains(r"\s", regex=True)
@@ -166,8 +172,7 @@ def prepare(config: dict, plugins: Plugins, force: bool = False) -> PreparedData
     domain = resolve_domain(config, plugins)
     keys = {k: config.get(k) for k in DATA_KEYS}
     keys["dataset"] = config["dataset"]
-    # A domain without a fingerprint is identified by its name only: edits to its files go unseen.
-    keys["source"] = domain.fingerprint(config) if hasattr(domain, "fingerprint") else repr(domain)
+    keys["source"] = domain_source(domain, config)
     folder = run_stage(
         "data",
         keys,
