@@ -6,6 +6,7 @@ its answer named no candidate (an LLM's invalid answer counts as a miss everywhe
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from itertools import pairwise
 
 import numpy as np
@@ -15,8 +16,27 @@ INVALID = -1
 UNRANKED = 1_000_000  # the positive was not among the ranked picks (e.g. iterative generation)
 
 
-def ranks_from_scores(scores: np.ndarray, target_index: np.ndarray) -> np.ndarray:
-    """Rank of the positive among each row's scores; ties count against it (pessimistic)."""
+def check_scores(scores: np.ndarray, users: Sequence | None = None) -> None:
+    """Refuse NaN scores: every comparison with NaN is false, so a NaN positive would rank as an
+    invalid answer and NaN negatives below any positive, and the metrics would look plausible."""
+    nan_rows = np.isnan(scores).any(axis=1)
+    if nan_rows.any():
+        first = int(nan_rows.argmax())
+        who = f"user {users[first]!r}" if users is not None else f"row {first}"
+        raise ValueError(
+            f"{int(nan_rows.sum())} of {len(scores)} users scored together have NaN candidate "
+            f"scores (first: {who}); NaN cannot be ranked, so no metric is reported. The model "
+            "has likely diverged (check its training loss) or its checkpoint is broken."
+        )
+
+
+def ranks_from_scores(
+    scores: np.ndarray, target_index: np.ndarray, users: Sequence | None = None
+) -> np.ndarray:
+    """Rank of the positive among each row's scores; ties count against it (pessimistic).
+
+    NaN scores raise (:func:`check_scores`, which names the first of ``users`` with one)."""
+    check_scores(scores, users)
     positive = np.take_along_axis(scores, target_index[:, None], axis=1)
     ahead = (scores >= positive).sum(axis=1) - 1
     return ahead.astype(np.int64)

@@ -94,6 +94,7 @@ class CandidateTrainer(Trainer):
             checkpoint = load_checkpoint(model_file or self.saved_model_file, self.device)
             self.model.load_state_dict(checkpoint["state_dict"])
             self.model.load_other_parameter(checkpoint.get("other_parameter"))
-        ranks = ranks_from_scores(self.scores(eval_data, show_progress), eval_data.target_index)
+        scores = self.scores(eval_data, show_progress)
+        ranks = ranks_from_scores(scores, eval_data.target_index, eval_data.user_ids)
         self.last_ranks = ranks
         return evaluate_ranks(ranks, eval_data.item_seq_len.numpy(), self.bucket_edges)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 
+import pandas as pd
 import pytest
 
 from cprec_recbole.data.domain import INTER_FIELDS, ITEM_FIELDS, AtomicFileDomain, read_atomic
@@ -60,6 +61,35 @@ def test_title_with_an_unmatched_quote_is_kept_verbatim_and_swallows_nothing(tmp
     path.write_text(f'{ITEM_HEADER}\ni1\t"Deluxe Edition\ni2\tSecond\ni3\tThird "x\n')
     items = read_atomic(path, ITEM_FIELDS)
     assert items["title"].tolist() == ['"Deluxe Edition', "Second", 'Third "x']
+
+
+ODD_ENCODINGS = {"bom": ("\ufeff", "\n"), "crlf": ("", "\r\n"), "bom_and_crlf": ("\ufeff", "\r\n")}
+
+
+@pytest.mark.parametrize("prefix, newline", ODD_ENCODINGS.values(), ids=list(ODD_ENCODINGS))
+def test_atomic_files_with_a_byte_order_mark_or_crlf_read_like_plain_ones(
+    tmp_path, prefix, newline
+):
+    """Files saved by Windows editors (Notepad, Excel) start with a BOM and end lines in CRLF."""
+    files = {
+        "x.inter": (INTER_FIELDS, [INTER_HEADER, "u1\ti1\t1", "u1\ti2\t2.5"]),
+        "x.item": (ITEM_FIELDS, [ITEM_HEADER, "i1\tHalo 3", "i2\tMario Kart"]),
+    }
+    for name, (fields, lines) in files.items():
+        plain, odd = tmp_path / f"plain_{name}", tmp_path / name
+        plain.write_bytes(("\n".join(lines) + "\n").encode())
+        odd.write_bytes((prefix + newline.join(lines) + newline).encode("utf-8"))
+        assert list(read_atomic(odd, fields).columns) == list(fields)
+        pd.testing.assert_frame_equal(read_atomic(odd, fields), read_atomic(plain, fields))
+
+
+@pytest.mark.parametrize("prefix, newline", ODD_ENCODINGS.values(), ids=list(ODD_ENCODINGS))
+def test_a_byte_order_mark_or_crlf_keeps_bad_lines_named(tmp_path, prefix, newline):
+    path = tmp_path / "x.inter"
+    lines = [INTER_HEADER, "u1\ti1\t1", "u1\ti2\tyesterday"]
+    path.write_bytes((prefix + newline.join(lines) + newline).encode("utf-8"))
+    with pytest.raises(DataError, match=r"x\.inter:3: field timestamp must be a number, got 'yes"):
+        read_atomic(path, INTER_FIELDS)
 
 
 def test_missing_item_file_names_the_path(tmp_path):

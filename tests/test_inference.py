@@ -251,9 +251,22 @@ def test_text_only_model_runs_without_projector(tiny_tokenizer, tiny_model):
     ctx = replace(context({"max_new_tokens": 3}), template=UNIFIED)
     assert "item title candidates" in render(UNIFIED, ["a"], ["b"], "game")
     out = score(tiny_model, tiny_tokenizer, users, ctx)
-    assert out.ranks.shape == (2,) and ((out.ranks >= 0) & (out.ranks < 3)).all()
+    likelihoods = candidate_log_likelihoods(tiny_model, tiny_tokenizer, users, ctx)
+    for user, rank, answer, scores in zip(users, out.ranks, out.answers, likelihoods, strict=True):
+        positive = scores[user.candidates.index(user.target)]
+        assert rank == int((scores >= positive).sum()) - 1  # ties against the positive
+        assert answer == TITLES[user.candidates[int(scores.argmax())]]
     gen = generate(tiny_model, tiny_tokenizer, users, ctx)
     assert np.isin(gen.ranks, [INVALID, 0, 1, 2]).all()
+
+
+def test_score_refuses_nan_likelihoods_naming_a_user(tiny_tokenizer, tiny_model):
+    """A diverged model must not report metrics: a NaN positive would read as invalid."""
+    with torch.no_grad():
+        tiny_model.lm_head.weight.fill_(float("nan"))
+    ctx = replace(context(), template=UNIFIED)
+    with pytest.raises(ValueError, match=r"NaN candidate scores \(first: user 'u\d'\)"):
+        score(tiny_model, tiny_tokenizer, samples(2, n_candidates=3), ctx)
 
 
 def test_a_positive_never_picked_in_one_round_is_no_hit_at_any_k():

@@ -144,6 +144,27 @@ def test_cosine_warms_up_then_follows_a_cosine_to_min_lr_ratio():
     assert np.all(np.diff(rates[W:]) < 0)
 
 
+def llara_cosine(s: int, floor: float, warmup: int = W, total: int = A) -> float:
+    """Warm-up ``(s + 1) / W``, then cosine from the peak to ``floor`` at ``total``."""
+    if s < warmup:
+        return (s + 1) / warmup
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * (s - warmup) / (total - warmup)))
+
+
+@pytest.mark.parametrize(
+    "step",
+    [0, W // 2, W - 1, W, (W + A) // 2, A - 1, A],
+    ids=["first", "mid-warmup", "end-of-warmup", "peak", "mid-cosine", "last", "end"],
+)
+def test_cosine_learning_rate_matches_the_warmup_cosine_formula(step):
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=2e-4)
+    scheduler = warmup_cosine(optimizer, {"warmup": W, "total": A}, {"min_lr_ratio": 0.1})
+    for _ in range(step):
+        optimizer.step()
+        scheduler.step()
+    assert scheduler.get_last_lr()[0] == pytest.approx(2e-4 * llara_cosine(step, 0.1), rel=1e-12)
+
+
 def test_cosine_ends_at_min_lr_ratio_when_total_steps_are_taken():
     optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
     scheduler = warmup_cosine(optimizer, {"warmup": W, "total": A}, {"min_lr_ratio": 0.1})

@@ -1,4 +1,4 @@
-"""Protocol transforms: k-core, user sampling, leave-one-out."""
+"""Protocol transforms: k-core, user sampling, leave-one-out, and training windows beside it."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 
 from cprec_recbole.data.transforms import k_core, leave_one_out, sample_users, user_sequences
+from cprec_recbole.data.windows import sliding_windows
 
 
 def frame(rows):
@@ -43,3 +44,21 @@ def test_leave_one_out_holds_out_last_for_test_and_penultimate_for_valid():
     assert test["target"] == "i14" and list(test["history"]) == [f"i{t}" for t in range(4, 14)]
     assert valid["target"] == "i13" and list(valid["history"]) == [f"i{t}" for t in range(3, 13)]
     assert isinstance(test["history"], np.ndarray)
+
+
+def test_training_windows_never_target_or_show_a_valid_or_test_item():
+    """``drop_last=2``, as SFT cuts its windows, keeps what leave-one-out holds out unseen."""
+    sequences = pd.Series(
+        {f"u{n}": np.array([f"u{n}@{t}" for t in range(n)], dtype=object) for n in range(1, 9)}
+    )
+    windows = sliding_windows(sequences, history_len=3, min_history=1, drop_last=2)
+    held_out = {
+        target
+        for split in ("valid", "test")
+        for target in leave_one_out(sequences, split, 3).target
+    }
+    assert len(held_out) == 7 + 6  # a test target from length 2 on, a valid one from length 3
+    shown = set(windows["target"]) | {item for history in windows["history"] for item in history}
+    assert not shown & held_out
+    # Every other position with a history is a training target, once.
+    assert windows["target"].tolist() == [f"u{n}@{t}" for n in range(4, 9) for t in range(1, n - 2)]

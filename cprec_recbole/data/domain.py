@@ -35,10 +35,11 @@ def read_atomic(path: Path, fields: dict[str, str]) -> pd.DataFrame:
     """Read the ``fields`` columns of a RecBole atomic file, strictly.
 
     Quotes are plain characters (RecBole's default quoting would swallow lines after a title
-    that starts with ``"``); a wrong field count or a non-numeric float names the line.
+    that starts with ``"``); a wrong field count or a non-numeric float names the line. A UTF-8
+    byte-order mark and CRLF line ends (files saved on Windows) read as if absent.
     """
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # -sig drops a leading BOM
     except UnicodeDecodeError as exc:
         raise DataError(f"{path}: not UTF-8 text ({exc})") from None
     lines = pd.Series(text.split("\n"))

@@ -345,7 +345,7 @@ def score(model: nn.Module, tokenizer, samples: Sequence[LLMSample], ctx: EvalCo
         ):
             scores = scores.numpy()[None]
             target = np.array([sample.candidates.index(sample.target)])
-            ranks[u] = ranks_from_scores(scores, target)[0]
+            ranks[u] = ranks_from_scores(scores, target, [sample.user_id])[0]
             answers[u] = ctx.titles[sample.candidates[int(scores.argmax())]]
         progress.update(len(chunk))
     progress.close()
