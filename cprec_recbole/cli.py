@@ -7,7 +7,13 @@ from pathlib import Path
 
 from cprec_recbole.config import PROPERTIES, parse_overrides
 from cprec_recbole.errors import ConfigError, DataError
-from cprec_recbole.plugins import PluginError, UnknownNameError, load_plugins
+from cprec_recbole.plugins import (
+    LOAD_PLUGINS_ENV,
+    PluginError,
+    Plugins,
+    UnknownNameError,
+    load_plugins,
+)
 
 USAGE = """usage: python run_recbole_llm.py --model=NAME --dataset=NAME [--key=value ...]
 
@@ -54,8 +60,21 @@ def help_text(plugin_files: list[str], data_path: str) -> str:
         + f"\nmodels:   {', '.join(plugins.models.names())}"
         + f"\ndatasets: {', '.join(datasets)} (configs); {', '.join(found) or 'none'} "
         f"(atomic files under {folder}); {', '.join(plugins.domains.names()) or 'no'} "
-        "registered domains" + f"\nplugins:  {', '.join(plugins.plugin_names())}\n"
+        "registered domains\n\nplugins and what each registers "
+        f"(installed ones load unless {LOAD_PLUGINS_ENV}='' or names a list):\n"
+        + plugin_listing(plugins)
     )
+
+
+def plugin_listing(plugins: Plugins) -> str:
+    """One line per plugin: its name, then per kind the names it registered."""
+    lines = []
+    for plugin, kinds in plugins.registered_by().items():
+        what = "; ".join(
+            f"{kind.replace('_', ' ')}: {', '.join(names)}" for kind, names in kinds.items()
+        )
+        lines.append(f"  {plugin}: {what or 'nothing'}")
+    return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -73,6 +73,20 @@ def model_properties(model: str, cls: type | None = None) -> list[Path]:
     return paths + ([Path(own)] if own else [])
 
 
+def builtin_layers(model: str, dataset: str, model_cls: type | None = None) -> list[Path]:
+    """The property files that exist for ``model`` on ``dataset``, in merge order (no profile)."""
+    layers = [PROPERTIES / "overall.yaml", *model_properties(model, model_cls)]
+    return [p for p in [*layers, dataset_properties(dataset)] if p.is_file()]
+
+
+def key_lines(path: Path) -> dict[str, int]:
+    """The line (from 1) of each top-level key of a YAML mapping file, for error messages."""
+    node = yaml.compose(Path(path).read_text(encoding="utf-8"), Loader=_Loader)
+    if not isinstance(node, yaml.MappingNode):
+        return {}
+    return {key.value: key.start_mark.line + 1 for key, _ in node.value}
+
+
 def load_config(
     model: str,
     dataset: str,
@@ -81,16 +95,12 @@ def load_config(
     overrides: Mapping[str, Any] | None = None,
 ) -> dict:
     """Merge the layers into one flat dict; later layers win."""
-    layers = [
-        PROPERTIES / "overall.yaml",
-        *model_properties(model, model_cls),
-        dataset_properties(dataset),
-    ]
+    layers = builtin_layers(model, dataset, model_cls)
     files = [Path(p) for p in config_files]
-    config = _merge([p for p in layers if p.is_file()] + files, overrides)
+    config = _merge(layers + files, overrides)
     profile = profile_properties(config)
     if profile is not None:
-        config = _merge([p for p in layers if p.is_file()] + [profile] + files, overrides)
+        config = _merge(layers + [profile] + files, overrides)
     config["model"] = model
     config["dataset"] = dataset
     return config

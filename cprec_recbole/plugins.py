@@ -5,10 +5,12 @@ from __future__ import annotations
 import difflib
 import importlib
 import importlib.util
+import os
 import sys
 import traceback
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,8 @@ BUILTIN_PLUGINS = (
     "cprec_recbole.builtin.llm_models",
     "cprec_recbole.builtin.mixing_rules",
 )
+#: Like llm's LLM_LOAD_PLUGINS: unset loads every installed plugin, "" none, "a,b" only those.
+LOAD_PLUGINS_ENV = "CPREC_RECBOLE_LOAD_PLUGINS"
 KINDS = (
     "models",
     "domains",
@@ -106,7 +110,16 @@ class Plugins:
             raise AttributeError(kind) from None
 
     def plugin_names(self) -> list[str]:
-        return [self.manager.get_name(p) for p in self.manager.get_plugins()]
+        """In load order: built-ins, installed plugins, plugin files."""
+        return [name for name, plugin in self.manager.list_name_plugin() if plugin is not None]
+
+    def registered_by(self) -> dict[str, dict[str, list[str]]]:
+        """Plugin -> kind -> the names it registered (a plugin that registered nothing: {})."""
+        out: dict[str, dict[str, list[str]]] = {name: {} for name in self.plugin_names()}
+        for kind, registry in self.registries.items():
+            for name in registry.names():
+                out.setdefault(registry.owners[name], {}).setdefault(kind, []).append(name)
+        return out
 
 
 def _load_file(path: str | Path) -> tuple[str, Any]:
@@ -127,19 +140,38 @@ def _load_file(path: str | Path) -> tuple[str, Any]:
     return str(path), module
 
 
+def installed_plugins(only: str | None) -> list[metadata.EntryPoint]:
+    """Entry points of group ``cprec_recbole``: all of them when ``only`` is None (the variable
+    is unset), none for ``""``, else those whose name or package is in the comma list."""
+    found = list(metadata.entry_points(group="cprec_recbole"))
+    if only is None:
+        return found
+    wanted = {name.strip() for name in only.split(",") if name.strip()}
+    chosen = [e for e in found if e.name in wanted or (e.dist and e.dist.name in wanted)]
+    missing = wanted - {e.name for e in chosen} - {e.dist.name for e in chosen if e.dist}
+    if missing:
+        names = ", ".join(sorted(e.name for e in found)) or "none"
+        raise PluginError(
+            f"{LOAD_PLUGINS_ENV} names {', '.join(sorted(missing))}, which no installed package "
+            f"provides (installed cprec_recbole plugins: {names})"
+        )
+    return chosen
+
+
 def load_plugins(plugin_files: Iterable[str | Path] = ()) -> Plugins:
     """Built-ins first, then entry points of group ``cprec_recbole``, then the given files."""
     pm = pluggy.PluginManager("cprec_recbole")
     pm.add_hookspecs(hookspecs)
     for module_name in BUILTIN_PLUGINS:
         pm.register(importlib.import_module(module_name), name=module_name)
-    try:
-        pm.load_setuptools_entrypoints("cprec_recbole")
-    except Exception as exc:
-        raise PluginError(
-            f"an installed plugin (entry point group 'cprec_recbole') failed to load:\n"
-            f"{traceback.format_exc()}"
-        ) from exc
+    for entry in installed_plugins(os.environ.get(LOAD_PLUGINS_ENV)):
+        try:
+            pm.register(entry.load(), name=entry.name)
+        except Exception as exc:
+            raise PluginError(
+                f"installed plugin {entry.name!r} (entry point {entry.value}) failed to load; "
+                f"{LOAD_PLUGINS_ENV}='' skips installed plugins:\n{traceback.format_exc()}"
+            ) from exc
     for path in dict.fromkeys(str(p) for p in plugin_files):
         name, module = _load_file(path)
         if pm.get_plugin(name) is None:

@@ -8,9 +8,10 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from recbole.model.abstract_recommender import SequentialRecommender
+import yaml
 
 from cprec_recbole.config import load_config, read_yaml
+from cprec_recbole.config_check import check_config, is_recbole_model
 from cprec_recbole.data.prepare import prepare
 from cprec_recbole.logs import setup_logging
 from cprec_recbole.plugins import Plugins, load_plugins
@@ -56,11 +57,13 @@ def run(
     config_files = list(config_files)
     plugins = load_plugins(plugin_paths(plugin_files, config_files, overrides))
     config = build_config(model, dataset, plugins, config_files, overrides)
+    check_config(config, plugins, config_files, overrides)  # before anything is written
     setup_logging(Path(config["output_dir"]) / "log", f"{model}-{dataset}")
+    logger.info("config of this run:\n%s", yaml.safe_dump(config, sort_keys=True).rstrip())
     force = set(force)
     data = prepare(config, plugins, force="data" in force)
     model_cls = plugins.models.get(model)
-    if isinstance(model_cls, type) and issubclass(model_cls, SequentialRecommender):
+    if is_recbole_model(model_cls):
         folder = train_rec_model(model_cls, config, data, force="rec_model" in force)
     else:
         folder = model_cls.run(config, data, plugins, force)

@@ -23,7 +23,10 @@ from cprec_recbole.trainer import CandidateEvalData, CandidateTrainer
 
 logger = logging.getLogger(__name__)
 #: Keys that describe where things live or how they are shown, not what is computed.
-NOT_HASHED = {"output_dir", "data_path", "show_progress", "plugins", "state", "gpu_id", "force"}
+NOT_HASHED = {
+    *("output_dir", "data_path", "show_progress", "plugins", "state", "gpu_id", "force"),
+    *("extra_keys", "download"),  # unread keys; fetching raw files
+}
 
 
 def recbole_config(model_cls: type, config: dict, data: PreparedData, folder: Path) -> Config:
@@ -86,7 +89,7 @@ def train_rec_model(model_cls: type, config: dict, data: PreparedData, force: bo
     return run_stage(
         "rec_model",
         keys,
-        config["output_dir"],
+        config,
         lambda folder: _train(model_cls, config, data, folder),
         force=force,
     )

@@ -65,13 +65,14 @@ def read_manifest(folder: Path) -> dict | None:
 def run_stage(
     name: str,
     keys: Mapping[str, Any],
-    output_dir: str | Path,
+    config: Mapping[str, Any],
     build: Callable[[Path], Mapping[str, Any] | None],
     force: bool = False,
     resumable: bool = False,
 ) -> Path:
-    """Return the stage folder, building it with ``build(folder)`` unless a manifest exists."""
-    folder = stage_dir(output_dir, name, keys)
+    """Return the stage folder under ``config["output_dir"]``, building it with
+    ``build(folder)`` unless a manifest exists; the manifest records the whole run config."""
+    folder = stage_dir(config["output_dir"], name, keys)
     if not force and (folder / MANIFEST).is_file():
         logger.info("stage %s: reusing %s", name, folder)
         return folder
@@ -87,6 +88,7 @@ def run_stage(
         {
             "stage": name,
             "config": dict(keys),
+            "run_config": dict(config),
             "versions": versions(),
             "metrics": dict(metrics),
             "wall_time_s": round(time.time() - start, 2),

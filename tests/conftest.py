@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from cprec_recbole.plugins import load_plugins
+from cprec_recbole.plugins import LOAD_PLUGINS_ENV, load_plugins
+
+os.environ[LOAD_PLUGINS_ENV] = ""  # installed packages' plugins never change what tests see
 
 REPO = Path(__file__).resolve().parents[1]
 INTER_HEADER = "user_id:token\titem_id:token\ttimestamp:float"
@@ -45,20 +48,30 @@ def tiny_data(tmp_path: Path) -> Path:
     return write_dataset(tmp_path / "data", "Tiny", cyclic_sequences())
 
 
+#: Tiny sizes for each ID model, in the keys that model reads (an unknown key is an error).
+TINY_SIZES = {
+    "SASRec": {"hidden_size": 16, "inner_size": 32, "n_layers": 1},
+    "GRU4Rec": {"embedding_size": 16, "hidden_size": 16},
+}
+TINY_SIZES["CL4SRec"] = TINY_SIZES["SASRec"]
+
+
 @pytest.fixture
-def tiny_overrides(tiny_data: Path, tmp_path: Path) -> dict:
-    """Config overrides for a fast run on ``Tiny`` with everything written under tmp_path."""
+def tiny_base(tiny_data: Path, tmp_path: Path) -> dict:
+    """Config overrides every model reads for a fast run on ``Tiny``, written under tmp_path."""
     return {
         "data_path": str(tiny_data),
         "output_dir": str(tmp_path / "saved"),
         "epochs": 2,
         "show_progress": False,
         "train_batch_size": 64,
-        "hidden_size": 16,
-        "inner_size": 32,
-        "embedding_size": 16,
-        "n_layers": 1,
     }
+
+
+@pytest.fixture
+def tiny_overrides(tiny_base: dict) -> dict:
+    """A fast SASRec on ``Tiny``."""
+    return {**tiny_base, **TINY_SIZES["SASRec"]}
 
 
 @pytest.fixture(scope="session")

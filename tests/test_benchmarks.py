@@ -12,6 +12,7 @@ import pytest
 
 from cprec_recbole.evaluation import INVALID, UNRANKED
 from cprec_recbole.llm.inference import EvalOutput
+from cprec_recbole.quick_start import run
 
 BENCHMARKS = Path(__file__).parents[1] / "benchmarks"
 
@@ -37,21 +38,23 @@ def test_model_calls_count_picks_and_the_invalid_answer_that_ended_a_user(bench)
     assert bench.model_calls(out, rounds=5) == 1 + 3 + 5 + 3
 
 
-def test_benchmark_times_generate_and_both_scores_on_the_same_users(
-    bench, tiny_overrides, tmp_path
-):
-    argv = [f"--{k}={v}" for k, v in tiny_overrides.items()] + [
+def test_benchmark_times_generate_and_both_scores_on_the_same_users(bench, tiny_base, tmp_path):
+    settings = {**tiny_base, "llm_backbone": "tiny-random", "score_rule": "distinct_prefix"}
+    argv = [f"--{k}={v}" for k, v in settings.items()] + [
         "--model=LLaMA2ZeroShot",
         "--dataset=Tiny",
-        "--llm_backbone=tiny-random",
         "--users=6",
-        "--score_rule=distinct_prefix",
         f"--results_dir={tmp_path / 'results'}",
     ]
     out = bench.main(argv)
     assert out["users"] == 6
     assert 1 <= out["generate"]["prompts_per_user"] <= out["rounds"]
-    assert out["score"]["valid_ratio"] == out["score_mean_whole_answers"]["valid_ratio"] == 1.0
+    # Its score numbers are the pipeline's (score inference) for the same users and rule.
+    piped = run("LLaMA2ZeroShot", "Tiny", overrides={**settings, "eval_users": 6})["test"]
+    assert piped["users"] == 6
+    assert {k: out["score"][k] for k in ("hr@1", "hr@5", "valid_ratio")} == {
+        k: piped[k] for k in ("hr@1", "hr@5", "valid_ratio")
+    }
     assert out["score_mean_whole_answers"]["score_rule"] == "mean"
     assert out["ratio_generate_over_score"] == pytest.approx(
         out["generate"]["seconds"] / out["score"]["seconds"], rel=0.01

@@ -9,7 +9,7 @@ from cprec_recbole.data.candidates import draw_candidate_sets, load_candidate_se
 from cprec_recbole.data.prepare import prepare
 from cprec_recbole.data.transforms import leave_one_out, user_sequences
 from cprec_recbole.quick_start import build_config, run
-from tests.conftest import cyclic_sequences
+from tests.conftest import TINY_SIZES, cyclic_sequences
 
 
 def tiny_inter():
@@ -50,9 +50,9 @@ def test_persisted_candidates_round_trip_and_match_the_split(tiny_overrides, plu
     assert isinstance(rows["candidates"].iloc[0], np.ndarray)
 
 
-def test_two_models_read_byte_identical_candidate_files(tiny_overrides):
+def test_two_models_read_byte_identical_candidate_files(tiny_overrides, tiny_base):
     sasrec = run("SASRec", "Tiny", overrides={**tiny_overrides, "epochs": 1})
-    gru = run("GRU4Rec", "Tiny", overrides={**tiny_overrides, "epochs": 1})
+    gru = run("GRU4Rec", "Tiny", overrides={**tiny_base, **TINY_SIZES["GRU4Rec"], "epochs": 1})
     assert sasrec["candidates_sha256"] == gru["candidates_sha256"]
     assert set(sasrec["candidates_sha256"]) == {"valid", "test"}
     assert sasrec["folder"] != gru["folder"]

@@ -15,15 +15,21 @@ from cprec_recbole.data.prepare import prepare
 from cprec_recbole.quick_start import build_config, run
 from cprec_recbole.rec_model import recbole_config
 from cprec_recbole.trainer import CandidateEvalData, CandidateTrainer
-from tests.conftest import REPO, cyclic_sequences
+from tests.conftest import REPO, TINY_SIZES, cyclic_sequences
+from tests.reported_metrics import assert_metrics_follow_from_ranks
 
 
 def test_sasrec_checkpoint_reloads_from_disk_and_reproduces_its_test_metrics(
-    tiny_overrides, plugins
+    tiny_overrides, plugins, caplog
 ):
+    caplog.set_level("INFO")
     results = run("SASRec", "Tiny", overrides=tiny_overrides)
     folder = Path(results["folder"])
     config = build_config("SASRec", "Tiny", plugins, overrides=tiny_overrides)
+    assert caplog.text.count("config of this run:") == 1 and "\nhidden_size: 16\n" in caplog.text
+    manifests = [folder / "manifest.json", *Path(config["output_dir"]).glob("data/*/manifest.json")]
+    for manifest in manifests:  # every stage keeps the config of the run that built it
+        assert json.loads(manifest.read_text())["run_config"] == config
     data = prepare(config, plugins)
     model_cls = plugins.models.get("SASRec")
     rb_config = recbole_config(model_cls, config, data, folder / "reload")
@@ -42,11 +48,10 @@ def test_sasrec_learns_a_sequential_pattern_far_above_random(tiny_overrides):
 
 
 @pytest.mark.parametrize("model", ["GRU4Rec", "CL4SRec"])
-def test_every_baseline_runs_and_reports_all_metrics(model, tiny_overrides):
-    results = run(model, "Tiny", overrides=tiny_overrides)
-    for key in ("hr@1", "hr@3", "hr@5", "ndcg@3", "ndcg@5"):
-        assert 0.0 <= results["test"][key] <= 1.0
-    assert results["test"]["users"] == 60
+def test_every_baseline_runs_and_reports_all_metrics(model, tiny_base):
+    results = run(model, "Tiny", overrides={**tiny_base, **TINY_SIZES[model]})
+    ranks = assert_metrics_follow_from_ranks(results)["rank"]
+    assert results["test"]["users"] == 60 and ranks.between(0, 19).all()  # 20 candidates each
     assert (Path(results["folder"]) / "results.csv").read_text().startswith("model,dataset")
 
 

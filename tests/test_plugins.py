@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
-from cprec_recbole.plugins import PluginError, load_plugins
+from cprec_recbole.cli import main
+from cprec_recbole.plugins import LOAD_PLUGINS_ENV, PluginError, load_plugins
 from cprec_recbole.quick_start import run
 
 MODEL_PLUGIN = '''
@@ -65,3 +68,47 @@ def test_loading_recbole_models_leaves_autograd_anomaly_mode_off():
 
     load_plugins([])
     assert not torch.is_anomaly_enabled()
+
+
+RULE_PLUGIN = """
+import numpy as np
+from cprec_recbole import hookimpl
+
+@hookimpl
+def register_mixing_rules(register):
+    register("always", lambda history, target: np.ones(len(target), dtype=bool))
+"""
+
+
+def install_fake_plugin(root: Path) -> None:
+    """A package installed the way pip leaves it: a module and a dist-info with an entry point."""
+    (root / "fake_rule_plugin.py").write_text(RULE_PLUGIN)
+    info = root / "cprec_fake-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: cprec-fake\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[cprec_recbole]\nfakerule = fake_rule_plugin\n")
+
+
+def test_installed_plugins_load_unless_the_switch_excludes_them(tmp_path, monkeypatch, capsys):
+    install_fake_plugin(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delenv(LOAD_PLUGINS_ENV, raising=False)
+    plugins = load_plugins()
+    assert plugins.registered_by()["fakerule"] == {"mixing_rules": ["always"]}
+    assert main(["--help"]) == 0
+    assert "  fakerule: mixing rules: always\n" in capsys.readouterr().out
+    monkeypatch.setenv(LOAD_PLUGINS_ENV, "")
+    assert "always" not in load_plugins().mixing_rules
+    for chosen in ("fakerule", "cprec-fake", " cprec-fake ,"):  # entry point or package name
+        monkeypatch.setenv(LOAD_PLUGINS_ENV, chosen)
+        assert "always" in load_plugins().mixing_rules
+    monkeypatch.setenv(LOAD_PLUGINS_ENV, "fakerule,llm-gpt4all")
+    with pytest.raises(PluginError, match="names llm-gpt4all, which no installed package"):
+        load_plugins()
+
+
+def test_help_lists_what_each_plugin_registers(capsys):
+    assert main(["--help", "--plugin=plugins/step_decay.py"]) == 0
+    out = capsys.readouterr().out
+    assert "  cprec_recbole.builtin.recbole_models: models: CL4SRec, GRU4Rec, SASRec\n" in out
+    assert "  plugins/step_decay.py: schedulers: step_decay\n" in out

@@ -393,7 +393,7 @@ def corpus_stage(config: dict, plugins: Plugins, force: bool = False) -> Path:
     return run_stage(
         "corpus",
         keys,
-        config["output_dir"],
+        config,
         lambda folder: build_corpus(folder, config, plugins, domains),
         force=force,
     )

@@ -17,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from cprec_recbole.config import PROPERTIES
+from cprec_recbole.data.atomic import sort_interactions
 from cprec_recbole.data.candidates import (
     draw_candidate_sets,
     load_candidate_sets,
@@ -96,8 +97,15 @@ def resolve_domain(config: dict, plugins: Plugins):
 
 def domain_source(domain, config: dict):
     """What identifies a domain's data in a stage key: its fingerprint (files' names, sizes,
-    contents), or, for a domain without one, its repr (edits to its files then go unseen)."""
-    return domain.fingerprint(config) if hasattr(domain, "fingerprint") else repr(domain)
+    contents), or, for a domain without one, its class and attributes (edits to its files then
+    go unseen). Not its repr: a plain class's has a memory address, new in every process."""
+    if hasattr(domain, "fingerprint"):
+        return domain.fingerprint(config)
+    kind = type(domain)
+    return {
+        "class": f"{kind.__module__}.{kind.__qualname__}",
+        "attributes": dict(sorted(getattr(domain, "__dict__", {}).items())),
+    }
 
 
 def _check_ids(inter: pd.DataFrame, name: str) -> None:
@@ -114,6 +122,7 @@ def _build(folder: Path, config: dict, domain, plugins: Plugins) -> dict:
     name = config["dataset"]
     inter, items = domain.load(config)
     _check_ids(inter, name)
+    inter = sort_interactions(inter)  # a plugin's rows may come in any order
     inter = sample_users(
         inter, config.get("user_sample_num"), config.get("user_sample_ratio"), config["data_seed"]
     )
@@ -176,7 +185,7 @@ def prepare(config: dict, plugins: Plugins, force: bool = False) -> PreparedData
     folder = run_stage(
         "data",
         keys,
-        config["output_dir"],
+        config,
         lambda folder: _build(folder, config, domain, plugins),
         force=force,
     )

@@ -340,7 +340,7 @@ def cpt_stage(config: dict, plugins: Plugins, force=()) -> Path:
     return run_stage(
         "cpt",
         keys,
-        cfg["output_dir"],
+        cfg,
         CPT(cfg, plugins, corpus_folder).build,
         force="cpt" in force,
         resumable=True,

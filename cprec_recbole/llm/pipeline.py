@@ -230,7 +230,7 @@ class LLMRecommender:
             return None
         keys = self.stage_keys(SFT_KEYS)
         return run_stage(
-            "sft", keys, self.config["output_dir"], self._sft, "sft" in self.force, resumable=True
+            "sft", keys, self.config, self._sft, "sft" in self.force, resumable=True
         )
 
     def evaluate(self) -> Path:
@@ -239,7 +239,7 @@ class LLMRecommender:
         return run_stage(
             "eval",
             keys,
-            self.config["output_dir"],
+            self.config,
             lambda f: self._eval(f, sft),
             "eval" in self.force,
         )
