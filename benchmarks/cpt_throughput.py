@@ -47,7 +47,7 @@ from torch.nn import functional as F
 from cprec_recbole.data.corpus import Corpus, corpus_stage, load_corpus
 from cprec_recbole.io import write_json
 from cprec_recbole.llm.backbone import add_lora, load_backbone
-from cprec_recbole.llm.batching import encode_batch, prompt_lengths, shorten_titles
+from cprec_recbole.llm.batching import encode_batch, prompt_lengths, prompt_titles
 from cprec_recbole.llm.cpt import cpt_plan, length_grouped, sample_lengths, variant_order
 from cprec_recbole.llm.loop import adam
 from cprec_recbole.llm.prompts import answer_text
@@ -335,7 +335,7 @@ def setup(argv: list[str]) -> tuple[Setup, dict, Path]:
     corpus = load_corpus(corpus_stage(config, plugins))
     template = plugins.prompt_templates.get(config["cpt_template"])
     base, tokenizer = load_backbone(config, plugins, [*corpus.titles.values(), template.text])
-    titles = shorten_titles(tokenizer, corpus.titles, config.get("max_title_tokens"))
+    titles = prompt_titles(tokenizer, corpus.titles, config)
     return (
         Setup(config, corpus, tokenizer, template, titles, base, knobs["pause_pid"]),
         knobs,

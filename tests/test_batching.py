@@ -14,13 +14,16 @@ from llm_fixtures import (  # noqa: F401  (pytest fixtures)
 )
 
 from cprec_recbole.builtin.prompt_templates import LLARA_HYBRID, LLARA_TEXT, UNIFIED
+from cprec_recbole.data.titles import distinct_titles
 from cprec_recbole.llm.batching import (
     IGNORE_INDEX,
     LLMSample,
     encode_batch,
     position_ids,
+    prompt_titles,
     shorten_titles,
 )
+from cprec_recbole.llm.inference import parse_answer
 from cprec_recbole.llm.projector import Projector, embed_batch, inject
 from cprec_recbole.llm.prompts import answer_text, render
 
@@ -119,6 +122,28 @@ def test_shorten_titles_keeps_the_first_tokens(tiny_tokenizer):
         assert title.startswith(short[item])
     assert short["i4"] != TITLES["i4"]
     assert shorten_titles(tiny_tokenizer, TITLES, None) == TITLES
+
+
+def test_titles_items_share_after_the_cut_are_numbered_so_answers_name_one(tiny_tokenizer):
+    cut = len(tiny_tokenizer("Red Castle", add_special_tokens=False)["input_ids"])
+    titles = {"a": "Red Castle", "b": "Red Castle of Doom", "c": "Hills", "d": "Red Castle"}
+    config = {"max_title_tokens": cut, "distinct_titles": True}
+    numbered = prompt_titles(tiny_tokenizer, titles, config)
+    assert numbered == {
+        "a": "Red Castle (1)",
+        "b": "Red Castle (2)",
+        "c": "Hills",
+        "d": "Red Castle (3)",
+    }
+    candidates = [numbered[i] for i in "abcd"]
+    assert [parse_answer(f"{t}\n", candidates) for t in candidates] == [0, 1, 2, 3]
+    plain = prompt_titles(tiny_tokenizer, titles, {**config, "distinct_titles": False})
+    assert parse_answer("Red Castle\n", [plain[i] for i in "abcd"]) is None  # 3 candidates match
+    assert distinct_titles({1: "X (1)", 2: "X", 3: "x"}) == {
+        1: "X (1) (1)",
+        2: "X (1) (2)",
+        3: "x (2)",
+    }
 
 
 def slow_inject(embeds, batch, table, projector):

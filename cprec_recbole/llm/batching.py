@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
 
+from cprec_recbole.data.titles import K, distinct_titles
 from cprec_recbole.llm.prompts import PromptTemplate, answer_text, render
 
 IGNORE_INDEX = -100
@@ -63,14 +64,21 @@ def pad_id(tokenizer) -> int:
     return tokenizer.eos_token_id if pid is None else pid
 
 
-def shorten_titles(tokenizer, titles: Mapping[str, str], max_tokens: int | None) -> dict[str, str]:
-    """Cut each title to its first ``max_tokens`` tokens; the result is THE title everywhere."""
+def shorten_titles(tokenizer, titles: Mapping[K, str], max_tokens: int | None) -> dict[K, str]:
+    """Cut each title to its first ``max_tokens`` tokens."""
     if max_tokens is None:
         return dict(titles)
     keys = list(titles)
     ids = tokenizer([titles[k] for k in keys], add_special_tokens=False)["input_ids"]
     text = tokenizer.batch_decode([i[:max_tokens] for i in ids], skip_special_tokens=True)
     return {k: t.strip() for k, t in zip(keys, text, strict=True)}
+
+
+def prompt_titles(tokenizer, titles: Mapping[K, str], config: Mapping) -> dict[K, str]:
+    """THE title of each item in prompts and answers: cut to ``max_title_tokens``, then
+    numbered where items share one (``distinct_titles``)."""
+    short = shorten_titles(tokenizer, titles, config.get("max_title_tokens"))
+    return distinct_titles(short) if config.get("distinct_titles") else short
 
 
 def template_token_ids(tokenizer, tokens: Sequence[str]) -> list[int]:

@@ -25,7 +25,7 @@ import numpy as np
 from cprec_recbole.data.corpus import Corpus, corpus_stage, load_corpus, resolve_cpt_domains
 from cprec_recbole.errors import ConfigError
 from cprec_recbole.llm.backbone import BACKBONE_KEYS, add_lora, load_backbone
-from cprec_recbole.llm.batching import encode_batch, shorten_titles
+from cprec_recbole.llm.batching import encode_batch, prompt_titles
 from cprec_recbole.llm.loop import (
     ADAPTER,
     CHECKPOINTS,
@@ -50,6 +50,7 @@ PHASES = ("warmup", "stable", "annealing")
 CPT_KEYS = (
     *BACKBONE_KEYS,
     "max_title_tokens",
+    "distinct_titles",
     "cpt_template",
     "cpt_variant",
     "cpt_scheduler",
@@ -188,7 +189,7 @@ class CPT:
         model, tokenizer = load_backbone(
             config, self.plugins, [*corpus.titles.values(), self.template.text]
         )
-        titles = shorten_titles(tokenizer, corpus.titles, config.get("max_title_tokens"))
+        titles = prompt_titles(tokenizer, corpus.titles, config)
         model = add_lora(model, config)
         micro = int(config["cpt_micro_batch_size"])
         accumulate = max(1, math.ceil(int(config["cpt_batch_size"]) / micro))

@@ -22,7 +22,7 @@ from cprec_recbole.data.prepare import PreparedData
 from cprec_recbole.data.windows import sliding_windows
 from cprec_recbole.io import write_atomic
 from cprec_recbole.llm.backbone import BACKBONE_KEYS, add_lora, add_special_tokens, load_backbone
-from cprec_recbole.llm.batching import LLMSample, shorten_titles
+from cprec_recbole.llm.batching import LLMSample, prompt_titles
 from cprec_recbole.llm.cpt import cpt_stage
 from cprec_recbole.llm.inference import EvalContext, output_metrics
 from cprec_recbole.llm.loop import ADAPTER, load_adapter
@@ -43,6 +43,7 @@ SFT_KEYS = (
     "text_template",
     "domain_noun",
     "max_title_tokens",
+    "distinct_titles",
     "sft_samples",
     "epochs",
     "train_batch_size",
@@ -155,7 +156,7 @@ class LLMRecommender:
             tokens += self.text_template.special_tokens
         if tokens:
             add_special_tokens(model, tokenizer, list(dict.fromkeys(tokens)))
-        titles = shorten_titles(tokenizer, titles, self.config.get("max_title_tokens"))
+        titles = prompt_titles(tokenizer, titles, self.config)
         embeddings = self.item_embeddings()
         projector = None
         if embeddings is not None:
