@@ -3,16 +3,18 @@
     python -m cprec_recbole.compare saved/eval/<A> saved/eval/<B> --k 1 5
 
 Every model folder (baselines' ``saved/rec_model/...`` and LLMs' ``saved/eval/...``) holds
-``test_ranks.tsv``. On the same candidate sets the fair question is per user: where does A hit
-and B miss, and the reverse? Per k this prints both HR@k on the shared users, those counts, the
-difference with its standard error, the exact two-sided sign test on the users where they
-disagree (McNemar's exact test) and the paired t-test of per-user hits (DESIGN.md), and writes the
-table as CSV with ``--csv``.
+``test_ranks.tsv`` and ``results.json``; the two folders must record the same test
+``candidates_sha256``, since ranks among different candidates are not comparable. On the same
+candidate sets the fair question is per user: where does A hit and B miss, and the reverse? Per k
+this prints both HR@k on the shared users, those counts, the difference with its standard error,
+the exact two-sided sign test on the users where they disagree (McNemar's exact test) and the
+paired t-test of per-user hits (DESIGN.md), and writes the table as CSV with ``--csv``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -24,6 +26,7 @@ from cprec_recbole.evaluation import INVALID
 from cprec_recbole.io import write_atomic
 
 RANKS_FILE = "test_ranks.tsv"
+RESULTS_FILE = "results.json"
 
 
 def read_ranks(folder: Path) -> pd.Series:
@@ -36,6 +39,30 @@ def read_ranks(folder: Path) -> pd.Series:
         )
     frame = pd.read_csv(path, sep="\t", dtype={"user_id": str})
     return frame.set_index("user_id")["rank"]
+
+
+def candidates_sha256_of(folder: Path) -> str:
+    """The sha256 of the test candidate file the model in ``folder`` was evaluated on."""
+    path = Path(folder) / RESULTS_FILE
+    results = json.loads(path.read_text()) if path.is_file() else {}
+    digest = (results.get("candidates_sha256") or {}).get("test")
+    if not digest:
+        raise ValueError(
+            f"{path} records no candidates_sha256 for the test split, so its candidate set "
+            f"cannot be checked: rerun that model to write a current results.json"
+        )
+    return digest
+
+
+def check_same_candidates(folder_a: Path, folder_b: Path) -> None:
+    """Refuse folders evaluated on different test candidates: their ranks are not comparable."""
+    a, b = candidates_sha256_of(folder_a), candidates_sha256_of(folder_b)
+    if a != b:
+        raise ValueError(
+            f"{folder_a} and {folder_b} were evaluated on different test candidate sets "
+            f"(candidates_sha256 test: {a} vs {b}); compare models run on the same prepared "
+            f"data (same dataset, data settings and candidate seed)"
+        )
 
 
 def paired_hits(a: np.ndarray, b: np.ndarray, k: int) -> dict[str, float]:
@@ -62,6 +89,7 @@ def paired_hits(a: np.ndarray, b: np.ndarray, k: int) -> dict[str, float]:
 def compare(folder_a: Path, folder_b: Path, ks: list[int]) -> pd.DataFrame:
     """One row per k over the users both folders ranked."""
     a, b = read_ranks(folder_a), read_ranks(folder_b)
+    check_same_candidates(folder_a, folder_b)
     users = a.index.intersection(b.index)
     if users.empty:
         raise ValueError(f"{folder_a} and {folder_b} ranked no user in common")
@@ -75,7 +103,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--k", type=int, nargs="+", default=[1, 3, 5])
     parser.add_argument("--csv", type=Path, help="also write the table here")
     args = parser.parse_args(argv)
-    table = compare(args.a, args.b, args.k)
+    try:
+        table = compare(args.a, args.b, args.k)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(f"A = {args.a}\nB = {args.b}")
     print(table.to_string(index=False, float_format=lambda x: f"{x:.4g}"))
     if args.csv:

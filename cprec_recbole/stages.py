@@ -3,10 +3,13 @@
 A stage is done when its ``manifest.json`` exists; the manifest is written last and atomically,
 so a stage killed midway has none. It is then redone from an emptied folder, or, for a
 ``resumable`` stage (LLM training, which checkpoints into its folder), continued from it.
+Processes that ask for the same stage at once (Ray Tune trials, parallel experiments) take turns
+on a lock file in the folder: one builds, the others wait and then reuse its result.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
@@ -14,7 +17,8 @@ import platform
 import resource
 import shutil
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -23,6 +27,7 @@ from cprec_recbole.io import write_json
 
 logger = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
+LOCK = ".lock"
 
 
 def config_hash(keys: Mapping[str, Any]) -> str:
@@ -62,6 +67,42 @@ def read_manifest(folder: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+@contextmanager
+def stage_lock(name: str, folder: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``folder/.lock`` so one process at a time builds the stage.
+
+    The lock lives inside the folder, which is emptied around it, never removed, so every process
+    locks the same file; the kernel releases it when its holder dies, so a killed run never
+    blocks the next one.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / LOCK, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            logger.info("stage %s: waiting for another process building %s", name, folder)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        yield  # closing the file releases the lock
+
+
+def _reusable(name: str, folder: Path, force: bool) -> bool:
+    if force or not (folder / MANIFEST).is_file():
+        return False
+    logger.info("stage %s: reusing %s", name, folder)
+    return True
+
+
+def _empty(folder: Path) -> None:
+    """Remove everything in ``folder`` but the lock file that other processes may be waiting on."""
+    for path in folder.iterdir():
+        if path.name == LOCK:
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+
+
 def run_stage(
     name: str,
     keys: Mapping[str, Any],
@@ -73,14 +114,25 @@ def run_stage(
     """Return the stage folder under ``config["output_dir"]``, building it with
     ``build(folder)`` unless a manifest exists; the manifest records the whole run config."""
     folder = stage_dir(config["output_dir"], name, keys)
-    if not force and (folder / MANIFEST).is_file():
-        logger.info("stage %s: reusing %s", name, folder)
+    if _reusable(name, folder, force):
         return folder
-    if folder.exists() and (force or not resumable):
-        shutil.rmtree(folder)
-    verb = "continuing" if folder.exists() else "building"
-    folder.mkdir(parents=True, exist_ok=True)
-    logger.info("stage %s: %s %s", name, verb, folder)
+    with stage_lock(name, folder):
+        if not _reusable(name, folder, force):  # else another process built it while we waited
+            if force or not resumable:
+                _empty(folder)
+            _build(name, keys, config, build, folder)
+    return folder
+
+
+def _build(
+    name: str,
+    keys: Mapping[str, Any],
+    config: Mapping[str, Any],
+    build: Callable[[Path], Mapping[str, Any] | None],
+    folder: Path,
+) -> None:
+    started = any(path.name != LOCK for path in folder.iterdir())
+    logger.info("stage %s: %s %s", name, "continuing" if started else "building", folder)
     start = time.time()
     metrics = build(folder) or {}
     write_json(
@@ -96,4 +148,3 @@ def run_stage(
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         },
     )
-    return folder
