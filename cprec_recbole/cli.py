@@ -28,6 +28,9 @@ options:
   --force=STAGE           rebuild one cached stage (data, rec_model, ...); repeatable
   --output_dir=FOLDER     where stages, results and logs go (default: saved/)
   --KEY=VALUE             any other config key, e.g. --epochs=5 --learning_rate=1e-3
+  --tune=true             Ray Tune grid over tune_space (default: learning_rate 6e-4, 3e-4, 1e-4)
+  --experiment=NAME --dataset=NAME [--seeds=N]
+                          run a named experiment (properties/experiments/) and write its report
 """
 
 
@@ -90,6 +93,18 @@ def main(argv: list[str] | None = None) -> int:
         overrides, plugins, force, config_files = split_args(argv)
         model = overrides.pop("model", None)
         dataset = overrides.pop("dataset", None)
+        experiment = overrides.pop("experiment", None)
+        if experiment and dataset:
+            from cprec_recbole.experiments import run_experiment
+            from cprec_recbole.quick_start import plugin_paths
+
+            loaded = load_plugins(plugin_paths(plugins, config_files, overrides))
+            seeds = overrides.pop("seeds", None)
+            folder = run_experiment(
+                str(experiment), str(dataset), loaded, config_files, overrides, seeds
+            )
+            print(f"report: {folder / 'report.md'}")
+            return 0
         if not model or not dataset:
             raise ConfigError("both --model=NAME and --dataset=NAME are required (see --help)")
         run(str(model), str(dataset), config_files, overrides, plugins, force)

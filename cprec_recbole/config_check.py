@@ -125,6 +125,8 @@ RULES: dict[str, Number | Choice] = {
         ["sft_samples", "cpt_samples", "cpt_mixed_samples", "eval_users", "valid_users"], CAP
     ),
     "user_sample_num": CAP,
+    "tune_cpus_per_trial": Number(1, integer=True, nullable=True),
+    "tune_gpus_per_trial": Number(0, nullable=True),
     **dict.fromkeys(
         ["min_history", "stopping_step", "k_core", "seed", "data_seed", "eval_seed", "cpt_seed"],
         SIZE,

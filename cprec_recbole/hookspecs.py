@@ -139,3 +139,14 @@ def register_mixing_rules(register: Register) -> None:
     ``[n]``). The corpus uses the rule named by ``mixing_rule`` (built-ins: ``g1``, ``g2``,
     ``g1_g2``, ``all``); the name, not the code, is in the corpus stage key.
     """
+
+
+@hookspec
+def register_experiments(register):
+    """Add named experiments: ``register("table3", path)``, ``path`` a YAML file run by
+    ``--experiment=table3 --dataset=D``. Its keys: ``runs`` (a list of ``{model, name,
+    overrides, seed_key}``: ``seed_key`` is the key set to base + i for seed i, default ``seed``,
+    null for a deterministic arm run once), ``seeds`` (default 4), ``metrics``, ``report``
+    (``table``, ``buckets``: HR@1 by history length, ``cost``: time and memory), ``figure``
+    (``bars`` or null), ``description``. See ``properties/experiments/``.
+    """

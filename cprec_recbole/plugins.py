@@ -28,6 +28,7 @@ BUILTIN_PLUGINS = (
     "cprec_recbole.builtin.schedulers",
     "cprec_recbole.builtin.llm_models",
     "cprec_recbole.builtin.mixing_rules",
+    "cprec_recbole.builtin.experiments",
 )
 #: Like llm's LLM_LOAD_PLUGINS: unset loads every installed plugin, "" none, "a,b" only those.
 LOAD_PLUGINS_ENV = "CPREC_RECBOLE_LOAD_PLUGINS"
@@ -40,6 +41,7 @@ KINDS = (
     "evaluators",
     "backbones",
     "mixing_rules",
+    "experiments",
 )
 
 
@@ -98,16 +100,25 @@ class Registry:
 
 @dataclass
 class Plugins:
-    """The loaded plugin manager and one registry per kind."""
+    """The loaded plugin manager and one registry per kind.
+
+    Pickling or deep-copying reloads the plugins from ``files`` (absolute paths), since the
+    manager holds modules: that is how a Ray Tune trial gets them in its worker process.
+    """
 
     manager: pluggy.PluginManager
     registries: dict[str, Registry]
+    files: tuple[str, ...] = ()
 
     def __getattr__(self, kind: str) -> Registry:
-        try:
-            return self.registries[kind]
-        except KeyError:
-            raise AttributeError(kind) from None
+        # Read __dict__ directly: while unpickling or copying, ``registries`` may not be set yet.
+        registries = self.__dict__.get("registries", {})
+        if kind in registries:
+            return registries[kind]
+        raise AttributeError(kind)
+
+    def __reduce__(self) -> tuple:
+        return load_plugins, (self.files,)
 
     def plugin_names(self) -> list[str]:
         """In load order: built-ins, installed plugins, plugin files."""
@@ -172,7 +183,8 @@ def load_plugins(plugin_files: Iterable[str | Path] = ()) -> Plugins:
                 f"installed plugin {entry.name!r} (entry point {entry.value}) failed to load; "
                 f"{LOAD_PLUGINS_ENV}='' skips installed plugins:\n{traceback.format_exc()}"
             ) from exc
-    for path in dict.fromkeys(str(p) for p in plugin_files):
+    paths = list(dict.fromkeys(str(p) for p in plugin_files))
+    for path in paths:
         name, module = _load_file(path)
         if pm.get_plugin(name) is None:
             pm.register(module, name=name)
@@ -186,4 +198,4 @@ def load_plugins(plugin_files: Iterable[str | Path] = ()) -> Plugins:
                 _reg.add(name, obj, _owner)
 
             impl.function(register=register)
-    return Plugins(pm, registries)
+    return Plugins(pm, registries, tuple(str(Path(p).resolve()) for p in paths))

@@ -55,11 +55,18 @@ def run(
     """Run ``model`` on ``dataset`` end to end; returns the results dict (valid and test metrics)."""
     overrides = dict(overrides or {})
     config_files = list(config_files)
-    plugins = load_plugins(plugin_paths(plugin_files, config_files, overrides))
+    plugin_files = plugin_paths(plugin_files, config_files, overrides)
+    plugins = load_plugins(plugin_files)
     config = build_config(model, dataset, plugins, config_files, overrides)
     check_config(config, plugins, config_files, overrides)  # before anything is written
     setup_logging(Path(config["output_dir"]) / "log", f"{model}-{dataset}")
     logger.info("config of this run:\n%s", yaml.safe_dump(config, sort_keys=True).rstrip())
+    if config.get("tune"):
+        from cprec_recbole.tune import run_tune
+
+        return run_tune(
+            model, dataset, config, plugins, config_files, overrides, plugin_files, force
+        )
     force = set(force)
     data = prepare(config, plugins, force="data" in force)
     model_cls = plugins.models.get(model)

@@ -6,6 +6,8 @@ import csv
 import io
 from pathlib import Path
 
+import pandas as pd
+
 from cprec_recbole.io import write_json, write_text
 
 HEADLINE = ("hr@1", "valid_ratio", "hr@1_of_valid", "hr@3", "hr@5", "ndcg@3", "ndcg@5", "users")
@@ -39,3 +41,13 @@ def write_results(folder: Path, results: dict) -> None:
             writer.writerow([results["model"], results["dataset"], split, metric, value])
     write_text(folder / "results.csv", buffer.getvalue())
     write_text(folder / "results.txt", table(results) + "\n")
+
+
+def markdown_table(frame: pd.DataFrame, floatfmt: str = ".4g") -> str:
+    """A pipe table for report files (no dependency on tabulate)."""
+    cells = [
+        [f"{v:{floatfmt}}" if isinstance(v, float) else str(v) for v in row]
+        for row in frame.itertuples(index=False)
+    ]
+    lines = ["| " + " | ".join(map(str, frame.columns)) + " |", "|" + "---|" * len(frame.columns)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in cells])

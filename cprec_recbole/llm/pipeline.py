@@ -103,6 +103,13 @@ class LLMRecommender:
     def run(cls, config: dict, data: PreparedData, plugins: Plugins, force=()) -> Path:
         return cls(config, data, plugins, set(force)).evaluate()
 
+    @classmethod
+    def validate(cls, config: dict, data: PreparedData, plugins: Plugins, force=()) -> dict | None:
+        """The best valid metrics of fine-tuning (None for a model that does not fine-tune):
+        what a learning-rate search compares, without touching the test split."""
+        sft = cls(config, data, plugins, set(force)).sft_folder()
+        return read_manifest(sft)["metrics"]["best_valid"] if sft else None
+
     def __init__(self, config: dict, data: PreparedData, plugins: Plugins, force: set[str]):
         self.config, self.data, self.plugins, self.force = config, data, plugins, force
         self.template = plugins.prompt_templates.get(config["prompt_template"])
@@ -230,9 +237,7 @@ class LLMRecommender:
         if not self.fine_tunes:
             return None
         keys = self.stage_keys(SFT_KEYS)
-        return run_stage(
-            "sft", keys, self.config, self._sft, "sft" in self.force, resumable=True
-        )
+        return run_stage("sft", keys, self.config, self._sft, "sft" in self.force, resumable=True)
 
     def evaluate(self) -> Path:
         sft = self.sft_folder()

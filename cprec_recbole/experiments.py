@@ -1,0 +1,308 @@
+"""Named experiments: ``--experiment=NAME --dataset=D`` runs the arms an experiment lists (a
+model plus overrides) over seeds and writes ``report.md``, ``results.csv`` and figures into
+``<output_dir>/experiments/<NAME>-<D>/``.
+
+Experiments are YAML files (``properties/experiments/*.yaml``; plugins add theirs with
+``register_experiments``). Each run goes through the same cached stages as the CLI, so an
+interrupted experiment picks up from its finished stages, and arms that share a stage (one CPT
+for every SFT seed) build it once. The best arm (mean test hr@1) is compared with each other arm
+by the paired t-test of per-user hits@1 (averaged over seeds), marked where p < 0.05.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy.stats import ttest_rel
+from tqdm import tqdm
+
+from cprec_recbole.compare import check_same_candidates, read_ranks
+from cprec_recbole.config import key_lines, read_yaml
+from cprec_recbole.errors import ConfigError
+from cprec_recbole.evaluation import INVALID
+from cprec_recbole.io import write_atomic, write_text
+from cprec_recbole.plugins import Plugins
+from cprec_recbole.results import markdown_table
+from cprec_recbole.stages import read_manifest
+
+EXPERIMENT_KEYS = ("description", "seeds", "runs", "metrics", "report", "figure")
+RUN_KEYS = ("name", "model", "overrides", "seed_key")
+REPORTS = ("table", "buckets", "cost")
+FIGURES = (None, "bars")
+DEFAULT_METRICS = ["hr@1", "hr@3", "hr@5", "ndcg@3", "ndcg@5", "valid_ratio"]
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One row of an experiment: a model with its overrides; ``seed_key`` varies per seed
+    (``seed`` for SFT and ID models, ``cpt_seed`` for CPTLLaRA; null: deterministic, run once)."""
+
+    name: str
+    model: str
+    overrides: dict = field(default_factory=dict)
+    seed_key: str | None = "seed"
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str
+    description: str
+    arms: list[Arm]
+    seeds: int = 4
+    metrics: list[str] = field(default_factory=lambda: list(DEFAULT_METRICS))
+    report: str = "table"
+    figure: str | None = None
+
+
+def _bad_key(where: str, key: str, known: Iterable[str]) -> ConfigError:
+    close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]}?" if close else f"; known: {', '.join(known)}"
+    return ConfigError(f"{where}: unknown experiment key {key!r}{hint}")
+
+
+def load_experiment(name: str, path: Path, models: Iterable[str]) -> Experiment:
+    """Read and check an experiment file; an error names the file, line and key."""
+    data = read_yaml(path)
+    lines = key_lines(path)
+    for key in data:
+        if key not in EXPERIMENT_KEYS:
+            raise _bad_key(f"{path}:{lines.get(key, '?')}", key, EXPERIMENT_KEYS)
+    runs = data.get("runs")
+    if not isinstance(runs, list) or not runs:
+        raise ConfigError(f"{path}: 'runs' must list the arms ({{model: NAME, ...}} each)")
+    models = set(models)
+    arms = []
+    for i, run in enumerate(runs):
+        where = f"{path}: runs[{i}]"
+        if not isinstance(run, dict) or "model" not in run:
+            raise ConfigError(f"{where} must be a mapping with a 'model' key, got {run!r}")
+        for key in run:
+            if key not in RUN_KEYS:
+                raise _bad_key(where, key, RUN_KEYS)
+        if run["model"] not in models:
+            raise ConfigError(f"{where}: unknown model {run['model']!r}; known: {sorted(models)}")
+        arms.append(
+            Arm(
+                name=str(run.get("name", run["model"])),
+                model=run["model"],
+                overrides=dict(run.get("overrides") or {}),
+                seed_key=run.get("seed_key", "seed"),
+            )
+        )
+    names = [a.name for a in arms]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{path}: two runs share a name in {names}; give them 'name:'")
+    report, figure = data.get("report", "table"), data.get("figure")
+    if report not in REPORTS:
+        raise ConfigError(f"{path}: report must be one of {REPORTS}, got {report!r}")
+    if figure not in FIGURES:
+        raise ConfigError(f"{path}: figure must be one of {FIGURES}, got {figure!r}")
+    return Experiment(
+        name=name,
+        description=str(data.get("description", "")),
+        arms=arms,
+        seeds=int(data.get("seeds", 4)),
+        metrics=list(data.get("metrics") or DEFAULT_METRICS),
+        report=report,
+        figure=figure,
+    )
+
+
+def arm_overrides(arm: Arm, base: Mapping[str, Any], seed_index: int, base_seed: int) -> dict:
+    """The overrides of one run: the command line's, the arm's, then the seed."""
+    overrides = {**base, **arm.overrides}
+    if arm.seed_key is not None:
+        overrides[arm.seed_key] = base_seed + seed_index
+    return overrides
+
+
+def per_user_hits(folders: list[Path], k: int = 1) -> pd.Series:
+    """Mean hit@k per user over the seeds' result folders (same candidate sets checked)."""
+    for other in folders[1:]:
+        check_same_candidates(folders[0], other)
+    hits = [((r != INVALID) & (r < k)).astype(float) for r in map(read_ranks, folders)]
+    return pd.concat(hits, axis=1).mean(axis=1)
+
+
+def paired_test(best: pd.Series, other: pd.Series) -> float:
+    """p of the paired t-test of per-user hits; 1.0 where the two never differ."""
+    users = best.index.intersection(other.index)
+    diff = best[users] - other[users]
+    if len(users) < 2 or not diff.any():
+        return 1.0
+    return float(ttest_rel(best[users], other[users]).pvalue)
+
+
+def summary_table(rows: pd.DataFrame, metrics: list[str], arms: list[str]) -> pd.DataFrame:
+    """Mean and std over seeds per arm and metric, arms in the experiment's order."""
+    present = [m for m in metrics if m in rows.columns]
+    grouped = rows.groupby("arm", sort=False)[present]
+    table = grouped.mean().add_suffix(" mean").join(grouped.std(ddof=1).add_suffix(" std"))
+    table["seeds"] = rows.groupby("arm", sort=False).size()
+    return table.reindex(arms)
+
+
+def run_experiment(
+    name: str,
+    dataset: str,
+    plugins: Plugins,
+    config_files: Iterable[str | Path] = (),
+    overrides: Mapping[str, Any] | None = None,
+    seeds: int | None = None,
+) -> Path:
+    """Run every arm over the seeds, then write the report; returns the experiment folder."""
+    from cprec_recbole.config_check import check_config
+    from cprec_recbole.quick_start import build_config, run
+
+    experiment = load_experiment(name, plugins.experiments.get(name), plugins.models.names())
+    seeds = experiment.seeds if seeds is None else int(seeds)
+    overrides = dict(overrides or {})
+    config_files = list(config_files)
+    plan = []
+    for arm in experiment.arms:
+        first = build_config(
+            arm.model, dataset, plugins, config_files, {**overrides, **arm.overrides}
+        )
+        base_seed = int(first[arm.seed_key]) if arm.seed_key else 0
+        for i in range(seeds if arm.seed_key else 1):
+            wanted = arm_overrides(arm, overrides, i, base_seed)
+            config = build_config(arm.model, dataset, plugins, config_files, wanted)
+            try:  # every run's config is checked before the first one starts
+                check_config(config, plugins, config_files, wanted)
+            except ConfigError as exc:
+                raise ConfigError(f"experiment {name}, run {arm.name}: {exc}") from None
+            plan.append((arm, i, wanted))
+    folder = Path(config["output_dir"]) / "experiments" / f"{name}-{dataset}"
+    rows = []
+    start = time.time()
+    progress = tqdm(plan, desc=f"experiment {name}", unit="run")
+    for arm, i, wanted in progress:
+        progress.set_postfix_str(f"{arm.name} seed {i}")
+        began = time.time()
+        results = run(arm.model, dataset, config_files, wanted, plugins.files)
+        rows.append(
+            {
+                "arm": arm.name,
+                "model": arm.model,
+                "seed": i,
+                **{k: v for k, v in results["test"].items() if isinstance(v, int | float)},
+                "seconds": round(time.time() - began, 1),
+                "folder": results["folder"],
+                **cost_of(Path(results["folder"])),
+            }
+        )
+    progress.close()
+    table = pd.DataFrame(rows)
+    write_atomic(folder / "results.csv", lambda tmp: table.to_csv(tmp, index=False))
+    arms = [a.name for a in experiment.arms]
+    summary = summary_table(table, experiment.metrics, arms)
+    hits = {
+        a: per_user_hits([Path(f) for f in table.loc[table["arm"] == a, "folder"]]) for a in arms
+    }
+    best = summary["hr@1 mean"].idxmax()
+    summary["p vs best (hits@1)"] = [
+        paired_test(hits[best], hits[a]) if a != best else None for a in arms
+    ]
+    write_atomic(folder / "summary.csv", lambda tmp: summary.to_csv(tmp))
+    report = render_report(experiment, dataset, summary, table, best, seeds, time.time() - start)
+    if experiment.figure == "bars":
+        bars_figure(summary, folder / f"{name}.png", f"{name} on {dataset}: test HR@1")
+        report += f"\n![{name}]({name}.png)\n"
+    write_text(folder / "report.md", report)
+    return folder
+
+
+def cost_of(folder: Path) -> dict[str, float]:
+    """Training and inference wall time and peak memory, from the stage manifests."""
+    manifest = read_manifest(folder) or {}
+    config = manifest.get("config", {})
+    sft = folder.parent.parent / "sft" / str(config.get("sft_stage"))
+    train = read_manifest(sft) if config.get("sft_stage") else manifest
+    results = json.loads((folder / "results.json").read_text())
+    return {
+        "train_s": (train or {}).get("wall_time_s"),
+        "train_peak_mb": (train or {}).get("peak_memory_mb"),
+        "eval_s": results.get("eval_time_s"),
+        "eval_peak_mb": manifest.get("peak_memory_mb"),
+    }
+
+
+def _cell(mean: float, std: float) -> str:
+    if mean is None or np.isnan(mean):
+        return "-"
+    return f"{mean:.4f}" if std is None or np.isnan(std) else f"{mean:.4f} ± {std:.4f}"
+
+
+def render_report(
+    experiment: Experiment,
+    dataset: str,
+    summary: pd.DataFrame,
+    rows: pd.DataFrame,
+    best: str,
+    seeds: int,
+    seconds: float,
+) -> str:
+    """report.md: the paper-style table (mean ± std over seeds, best in bold, p vs best)."""
+    metrics = [m for m in experiment.metrics if f"{m} mean" in summary.columns]
+    header = ["model", *metrics, "seeds", "p vs best"]
+    lines = [
+        f"# Experiment `{experiment.name}` on {dataset}",
+        "",
+        experiment.description.strip(),
+        "",
+        (
+            f"Seeds: {seeds} (deterministic arms run once); {len(rows)} runs, {seconds:.0f} s "
+            "(cached stages reused). p: paired t-test of per-user hits@1 (mean over seeds) "
+            f"against the best arm, **{best}**; * marks p < 0.05."
+        ),
+        "",
+        "| " + " | ".join(header) + " |",
+        "|---|" + "---:|" * (len(header) - 1),
+    ]
+    for arm, row in summary.iterrows():
+        p = row["p vs best (hits@1)"]
+        cells = [_cell(row[f"{m} mean"], row[f"{m} std"]) for m in metrics]
+        mark = "-" if p is None or pd.isna(p) else f"{p:.3g}{' *' if p < 0.05 else ''}"
+        name = f"**{arm}**" if arm == best else arm
+        lines.append("| " + " | ".join([name, *cells, str(int(row["seeds"])), mark]) + " |")
+    if experiment.report == "buckets":
+        lines += ["", "Test HR@1 by history length (mean over seeds):", "", _buckets(rows)]
+    if experiment.report == "cost":
+        lines += ["", "Cost per run (mean over seeds):", "", _cost(rows)]
+    return "\n".join(lines) + "\n"
+
+
+def _buckets(rows: pd.DataFrame) -> str:
+    columns = [c for c in rows.columns if c.startswith("hr@1[")]
+    return markdown_table(rows.groupby("arm", sort=False)[columns].mean().reset_index())
+
+
+def _cost(rows: pd.DataFrame) -> str:
+    columns = ["train_s", "train_peak_mb", "eval_s", "eval_peak_mb"]
+    table = rows.groupby("arm", sort=False)[columns].mean().reset_index()
+    return markdown_table(table, ".1f")
+
+
+def bars_figure(summary: pd.DataFrame, path: Path, title: str) -> None:
+    """Mean test HR@1 per arm with the seeds' std as error bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(1.2 * len(summary) + 2, 3.5))
+    std = summary["hr@1 std"].fillna(0)
+    ax.bar(summary.index, summary["hr@1 mean"], yerr=std, capsize=4, color="#4878a8")
+    ax.set_ylabel("test HR@1")
+    ax.set_title(title)
+    fig.tight_layout()
+    write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+    plt.close(fig)

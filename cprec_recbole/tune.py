@@ -1,0 +1,227 @@
+"""Ray Tune search over config keys: ``--tune=true`` (``tune_space``, default the downstream
+learning rate {6e-4, 3e-4, 1e-4}, grid).
+
+Trials share the stage cache: every stage folder is keyed by the config it reads and built under
+a lock, so trials that need the same data, SASRec, corpus or CPT wait for one build and reuse it,
+and trials that differ write different folders. The stages of the first grid point are built
+before the trials start, which for a learning-rate search is every stage but the trial's own.
+A trial trains and validates (ID models: their stage, which also tests; LLM models: SFT, which
+validates); the chosen trial, picked by valid hr@1 (x valid_ratio for generation), alone is
+evaluated on test. Ray 2.6.3: the version RecBole 1.2.1 pins (and imports at start-up); its
+``Tuner`` / ``TuneConfig`` / ``air.RunConfig`` / ``air.session.report`` API.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from cprec_recbole.config_check import check_config, is_recbole_model
+from cprec_recbole.errors import ConfigError
+from cprec_recbole.io import write_json, write_text
+from cprec_recbole.plugins import Plugins, load_plugins
+from cprec_recbole.results import markdown_table
+from cprec_recbole.stages import config_hash
+
+logger = logging.getLogger(__name__)
+#: Keys of the search itself: never part of a trial's stages.
+TUNE_KEYS = ("tune", "tune_space", "tune_cpus_per_trial", "tune_gpus_per_trial", "ray_address")
+
+
+def grid(space: Mapping[str, Iterable]) -> list[dict[str, Any]]:
+    """Every combination of the listed values, in the order they are listed."""
+    if not isinstance(space, Mapping) or not space:
+        raise ConfigError(f"tune_space must map config keys to lists of values, got {space!r}")
+    keys = list(space)
+    values = [v if isinstance(v, list | tuple) else [v] for v in space.values()]
+    return [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*values)]
+
+
+def selection_score(valid: Mapping[str, float]) -> float:
+    """valid hr@1, times valid_ratio where answers can be invalid (generation)."""
+    return float(valid["hr@1"]) * float(valid.get("valid_ratio", 1.0))
+
+
+def absolute_paths(overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Ray runs trials in other processes: paths must not depend on the working directory."""
+    out = dict(overrides)
+    for key in ("data_path", "output_dir"):
+        if out.get(key):
+            out[key] = str(Path(out[key]).resolve())
+    return out
+
+
+def validate(model: str, config: dict, plugins: Plugins, force: set[str]) -> dict:
+    """Train ``model`` with ``config`` and return its valid metrics (no test evaluation for LLM
+    models: their ``validate`` stops after SFT)."""
+    from cprec_recbole.data.prepare import prepare
+    from cprec_recbole.rec_model import train_rec_model
+
+    data = prepare(config, plugins, force="data" in force)
+    model_cls = plugins.models.get(model)
+    if is_recbole_model(model_cls):
+        folder = train_rec_model(model_cls, config, data, force="rec_model" in force)
+        return json.loads((folder / "results.json").read_text())["valid"]
+    validate_fn = getattr(model_cls, "validate", None)
+    valid = validate_fn(config, data, plugins, force) if validate_fn else None
+    if valid is None:
+        raise ConfigError(f"model {model} has no validation metrics to tune on (does it train?)")
+    return valid
+
+
+def trial(params: dict, setup: dict) -> None:
+    """One Ray Tune trial: the base overrides plus its grid point, reported to Tune."""
+    import torch
+    from ray.air import session
+
+    from cprec_recbole.quick_start import build_config
+
+    torch.set_num_threads(max(1, int(setup["cpus"])))
+    plugins = load_plugins(setup["plugin_files"])
+    overrides = {**setup["overrides"], **params["point"], "tune": False}
+    config = build_config(
+        setup["model"], setup["dataset"], plugins, setup["config_files"], overrides
+    )
+    valid = validate(setup["model"], config, plugins, set(setup["force"]))
+    numbers = {f"valid_{k}": v for k, v in valid.items() if isinstance(v, int | float)}
+    session.report({"score": selection_score(valid), **numbers})
+
+
+def trial_resources(config: Mapping) -> dict[str, float]:
+    """One GPU per trial where there are GPUs (``tune_gpus_per_trial``), else CPUs: all of them
+    unless ``tune_cpus_per_trial`` says fewer (then trials run side by side)."""
+    import torch
+
+    gpus = torch.cuda.device_count()
+    cpus = config.get("tune_cpus_per_trial") or max(1, (os.cpu_count() or 1) // max(gpus, 1))
+    wanted = config.get("tune_gpus_per_trial")
+    gpu = (1 if wanted is None else float(wanted)) if gpus else 0
+    return {"cpu": float(cpus), "gpu": float(gpu)}
+
+
+def run_tune(
+    model: str,
+    dataset: str,
+    config: dict,
+    plugins: Plugins,
+    config_files: Iterable[str | Path],
+    overrides: Mapping[str, Any],
+    plugin_files: Iterable[str | Path],
+    force: Iterable[str] = (),
+) -> dict:
+    """Search ``tune_space``, write the trial table, evaluate the chosen point on test."""
+    import ray
+    from ray import air, tune
+
+    from cprec_recbole.quick_start import build_config, run
+
+    points = grid(config.get("tune_space"))
+    overrides = absolute_paths({k: v for k, v in overrides.items() if k not in TUNE_KEYS})
+    config_files = [str(Path(p).resolve()) for p in config_files]
+    plugin_files = [str(Path(p).resolve()) for p in plugin_files]
+    for point in points:  # a bad value stops the search before any trial
+        check_config(
+            build_config(model, dataset, plugins, config_files, {**overrides, **point}),
+            plugins,
+            config_files,
+            {**overrides, **point},
+        )
+    space_key = config_hash(
+        {
+            "model": model,
+            "dataset": dataset,
+            "overrides": overrides,
+            "files": config_files,
+            "space": config["tune_space"],
+        }
+    )
+    folder = Path(config["output_dir"]).resolve() / "tune" / f"{model}-{dataset}-{space_key}"
+    logger.info("tune: %d trials of %s on %s into %s", len(points), model, dataset, folder)
+    first = build_config(model, dataset, plugins, config_files, {**overrides, **points[0]})
+    shared_stages(model, first, plugins, set(force))
+    resources = trial_resources(config)
+    setup = {
+        "model": model,
+        "dataset": dataset,
+        "overrides": overrides,
+        "config_files": config_files,
+        "plugin_files": plugin_files,
+        "force": [],  # forced stages are rebuilt once, by shared_stages, not by every trial
+        "cpus": resources["cpu"],
+    }
+    address = config.get("ray_address")
+    if not ray.is_initialized():
+        if address:
+            ray.init(address=address, log_to_driver=False)
+        else:
+            ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+    tuner = tune.Tuner(
+        tune.with_resources(tune.with_parameters(trial, setup=setup), resources),
+        param_space={"point": tune.grid_search(points)},
+        tune_config=tune.TuneConfig(metric="score", mode="max", chdir_to_trial_dir=False),
+        run_config=air.RunConfig(storage_path=str(folder), name="ray", verbose=0),
+    )
+    grid_results = tuner.fit()
+    table = trial_table(grid_results, points)
+    if table["error"].notna().any():
+        failed = table[table["error"].notna()]
+        raise RuntimeError(f"tune: {len(failed)} trial(s) failed:\n{failed.to_string()}")
+    best = table.loc[table["score"].idxmax()]
+    chosen = points[int(best["trial"])]
+    write_text(folder / "trials.csv", table.to_csv(index=False))
+    write_text(folder / "trials.md", _markdown(table, chosen))
+    logger.info("tune: chosen %s (valid score %.4f)\n%s", chosen, best["score"], table.to_string())
+    results = run(
+        model, dataset, config_files, {**overrides, **chosen, "tune": False}, plugin_files, force=()
+    )
+    summary = {
+        "chosen": chosen,
+        "valid_score": float(best["score"]),
+        "trials": len(points),
+        "test": results["test"],
+        "folder": results["folder"],
+        "tune_folder": str(folder),
+    }
+    write_json(folder / "chosen.json", summary)
+    return {**results, "tune": summary}
+
+
+def shared_stages(model: str, config: dict, plugins: Plugins, force: set[str]) -> None:
+    """Build the stages before the trials that they (most likely) share: data, and for an LLM
+    model its SASRec, corpus and CPT (its constructor builds them)."""
+    from cprec_recbole.data.prepare import prepare
+
+    data = prepare(config, plugins, force="data" in force)
+    model_cls = plugins.models.get(model)
+    if not is_recbole_model(model_cls) and hasattr(model_cls, "validate"):
+        model_cls(config, data, plugins, force)
+
+
+def trial_table(grid_results, points: list[dict]) -> pd.DataFrame:
+    """One row per trial: its point, score, valid metrics, error."""
+    rows = []
+    for result in grid_results:
+        point = result.config["point"]
+        metrics = result.metrics or {}
+        rows.append(
+            {
+                "trial": points.index(point),
+                **point,
+                "score": metrics.get("score"),
+                **{k[6:]: v for k, v in metrics.items() if k.startswith("valid_")},
+                "error": repr(result.error) if result.error else None,
+            }
+        )
+    return pd.DataFrame(rows).sort_values("trial").reset_index(drop=True)
+
+
+def _markdown(table: pd.DataFrame, chosen: dict) -> str:
+    shown = markdown_table(table.drop(columns=["error"]))
+    return f"{shown}\n\nchosen: {chosen} (valid hr@1 x valid_ratio)\n"

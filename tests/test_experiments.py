@@ -1,0 +1,110 @@
+"""Named experiments: YAML checking, seeds, the paired t-test, report files."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from cprec_recbole.cli import main
+from cprec_recbole.config import PROPERTIES
+from cprec_recbole.errors import ConfigError
+from cprec_recbole.experiments import load_experiment, paired_test
+from tests.conftest import TINY_SIZES
+
+MODELS = ["SASRec", "GRU4Rec", "LLaRA", "CPRec", "CPTLLaRA", "LLaMA2ZeroShot", "CL4SRec"]
+
+
+def test_every_builtin_experiment_loads_and_names_registered_models(plugins):
+    names = plugins.experiments.names()
+    assert {"table3", "ablation", "zero_shot", "sparsity", "cost"} <= set(names)
+    for name in names:
+        experiment = load_experiment(name, plugins.experiments.get(name), plugins.models.names())
+        assert experiment.arms
+    table3 = load_experiment("table3", PROPERTIES / "experiments" / "table3.yaml", MODELS)
+    assert [a.model for a in table3.arms] == [
+        "GRU4Rec",
+        "SASRec",
+        "CL4SRec",
+        "LLaMA2ZeroShot",
+        "LLaRA",
+        "CPTLLaRA",
+        "CPRec",
+    ]
+    assert {a.model: a.seed_key for a in table3.arms}["CPTLLaRA"] == "cpt_seed"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "seeds: 2\nrnus:\n  - {model: SASRec}\n",
+            r"x.yaml:2: unknown experiment key 'rnus'; did you mean runs\?",
+        ),
+        (
+            "runs:\n  - {model: SASRec, overides: {}}\n",
+            r"runs\[0\]: unknown experiment key 'overides'; did you mean overrides\?",
+        ),
+        ("runs:\n  - {model: SASrec}\n", r"runs\[0\]: unknown model 'SASrec'"),
+        ("runs: []\n", "'runs' must list the arms"),
+        ("report: bars\nruns:\n  - {model: SASRec}\n", "report must be one of"),
+        ("runs:\n  - {model: SASRec}\n  - {model: SASRec}\n", "two runs share a name"),
+    ],
+)
+def test_experiment_yaml_errors_name_the_bad_key(tmp_path, text, message):
+    path = tmp_path / "x.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_experiment("x", path, MODELS)
+
+
+def test_paired_t_test_on_identical_hits_reports_no_significance():
+    hits = pd.Series([1.0, 0.0, 1.0, 0.5], index=list("abcd"))
+    assert paired_test(hits, hits.copy()) == 1.0
+    better = pd.Series([1.0] * 30 + [0.0] * 10, index=range(40))
+    worse = pd.Series([0.0] * 30 + [0.0] * 10, index=range(40))
+    assert paired_test(better, worse) < 0.05
+
+
+EXPERIMENT_PLUGIN = """
+from pathlib import Path
+from cprec_recbole import hookimpl
+
+@hookimpl
+def register_experiments(register):
+    register("mini", Path(__file__).with_name("mini.yaml"))
+"""
+
+
+def test_a_plugin_experiment_runs_seeds_and_writes_its_report(tmp_path, tiny_base, capsys):
+    (tmp_path / "mini.yaml").write_text(
+        "description: two ID models\nseeds: 2\nfigure: bars\nruns:\n"
+        f"  - {{model: SASRec, overrides: {TINY_SIZES['SASRec']}}}\n"
+        f"  - {{model: GRU4Rec, overrides: {TINY_SIZES['GRU4Rec']}}}\n"
+    )
+    plugin = tmp_path / "mini_experiment.py"
+    plugin.write_text(EXPERIMENT_PLUGIN)
+    args = [f"--{k}={v}" for k, v in {**tiny_base, "epochs": 1}.items()]
+    assert main(["--experiment=mini", "--dataset=Tiny", f"--plugin={plugin}", *args]) == 0
+    folder = tmp_path / "saved" / "experiments" / "mini-Tiny"
+    assert f"report: {folder / 'report.md'}" in capsys.readouterr().out
+    rows = pd.read_csv(folder / "results.csv")
+    assert rows[["arm", "seed"]].values.tolist() == [
+        ["SASRec", 0],
+        ["SASRec", 1],
+        ["GRU4Rec", 0],
+        ["GRU4Rec", 1],
+    ]
+    assert rows["folder"].nunique() == 4  # each seed its own stage
+    report = (folder / "report.md").read_text()
+    assert "| model | hr@1 | hr@3 |" in report and " ± " in report and "mini.png" in report
+    assert (folder / "mini.png").stat().st_size > 1000
+    again = main(["--experiment=mini", "--dataset=Tiny", f"--plugin={plugin}", *args])
+    reread = pd.read_csv(folder / "results.csv").drop(columns="seconds")
+    assert again == 0 and reread.equals(rows.drop(columns="seconds"))  # all stages reused
+
+
+def test_a_bad_override_stops_the_experiment_before_any_run(tmp_path, tiny_base, capsys):
+    args = [f"--{k}={v}" for k, v in tiny_base.items()]
+    assert main(["--experiment=cost", "--dataset=Tiny", "--hiden_size=3", *args]) == 2
+    assert "experiment cost, run SASRec: unknown config key 'hiden_size'" in capsys.readouterr().err
+    assert not (tmp_path / "saved").exists()
