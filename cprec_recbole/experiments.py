@@ -223,9 +223,9 @@ def run_experiment(
 def cost_of(folder: Path) -> dict[str, float]:
     """Training and inference wall time and peak memory, from the stage manifests."""
     manifest = read_manifest(folder) or {}
-    config = manifest.get("config", {})
-    sft = folder.parent.parent / "sft" / str(config.get("sft_stage"))
-    train = read_manifest(sft) if config.get("sft_stage") else manifest
+    keys = manifest.get("config", {})  # the stage keys; an LLM's name its SFT stage
+    sft = keys.get("sft_stage")
+    train = read_manifest(folder.parent.parent / "sft" / sft) if sft else manifest
     results = json.loads((folder / "results.json").read_text())
     return {
         "train_s": (train or {}).get("wall_time_s"),

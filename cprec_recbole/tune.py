@@ -208,7 +208,8 @@ def trial_table(grid_results, points: list[dict]) -> pd.DataFrame:
     """One row per trial: its point, score, valid metrics, error."""
     rows = []
     for result in grid_results:
-        point = result.config["point"]
+        params = result.config  # the trial's Tune parameters
+        point = params["point"]
         metrics = result.metrics or {}
         rows.append(
             {
