@@ -36,7 +36,7 @@ from cprec_recbole.stages import read_manifest
 EXPERIMENT_KEYS = ("description", "seeds", "runs", "metrics", "report", "figure")
 RUN_KEYS = ("name", "model", "overrides", "seed_key")
 REPORTS = ("table", "buckets", "cost")
-FIGURES = (None, "bars")
+FIGURES = (None, "bars", "curve")
 DEFAULT_METRICS = ["hr@1", "hr@3", "hr@5", "ndcg@3", "ndcg@5", "valid_ratio"]
 
 
@@ -213,8 +213,9 @@ def run_experiment(
     ]
     write_atomic(folder / "summary.csv", lambda tmp: summary.to_csv(tmp))
     report = render_report(experiment, dataset, summary, table, best, seeds, time.time() - start)
-    if experiment.figure == "bars":
-        bars_figure(summary, folder / f"{name}.png", f"{name} on {dataset}: test HR@1")
+    if experiment.figure:
+        title = f"{name} on {dataset}: test HR@1"
+        figure(summary, folder / f"{name}.png", title, experiment.figure)
         report += f"\n![{name}]({name}.png)\n"
     write_text(folder / "report.md", report)
     return folder
@@ -291,16 +292,20 @@ def _cost(rows: pd.DataFrame) -> str:
     return markdown_table(table, ".1f")
 
 
-def bars_figure(summary: pd.DataFrame, path: Path, title: str) -> None:
-    """Mean test HR@1 per arm with the seeds' std as error bars."""
+def figure(summary: pd.DataFrame, path: Path, title: str, kind: str) -> None:
+    """Mean test HR@1 per arm with the seeds' std: bars, or a curve over the arms' order (the
+    data-volume study: one arm per CPT checkpoint)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(1.2 * len(summary) + 2, 3.5))
-    std = summary["hr@1 std"].fillna(0)
-    ax.bar(summary.index, summary["hr@1 mean"], yerr=std, capsize=4, color="#4878a8")
+    mean, std = summary["hr@1 mean"], summary["hr@1 std"].fillna(0)
+    if kind == "bars":
+        ax.bar(summary.index, mean, yerr=std, capsize=4, color="#4878a8")
+    else:
+        ax.errorbar(summary.index, mean, yerr=std, marker="o", capsize=4, color="#4878a8")
     ax.set_ylabel("test HR@1")
     ax.set_title(title)
     fig.tight_layout()

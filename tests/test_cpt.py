@@ -13,6 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from cprec_recbole.errors import ConfigError
 from cprec_recbole.llm.cpt import VARIANTS, cpt_plan, length_grouped, variant_order
 from cprec_recbole.llm.loop import Plan, TrainLoop
 from cprec_recbole.llm.sft import trainable_state
@@ -158,6 +159,14 @@ def test_cprec_runs_corpus_cpt_sft_and_eval_and_cptllara_reuses_the_cpt(cpt_over
     caplog.clear()
     run("CPRec", "Tiny", overrides={**cpt_overrides, "seed": 7})  # another SFT seed: same CPT
     assert "stage cpt: reusing" in caplog.text and "stage sft: building" in caplog.text
+    early = run("CPTLLaRA", "Tiny", overrides={**cpt_overrides, "cpt_checkpoint": 24})
+    assert early["folder"] != zero["folder"]  # the data-volume study: SFT/eval from 24 samples
+    keys = json.loads((Path(early["folder"]) / "manifest.json").read_text())["config"]
+    assert keys["cpt_stage"] == f"{folder.name}/samples-24"
+    with pytest.raises(
+        ConfigError, match="no checkpoint samples-999 .* kept: annealing, samples-24"
+    ):
+        run("CPTLLaRA", "Tiny", overrides={**cpt_overrides, "cpt_checkpoint": 999})
 
 
 def test_cpt_adapters_change_what_cprec_starts_from(cpt_overrides):

@@ -20,12 +20,13 @@ from cprec_recbole.config import load_config
 from cprec_recbole.data.candidates import draw_candidate_sets
 from cprec_recbole.data.prepare import PreparedData
 from cprec_recbole.data.windows import sliding_windows
+from cprec_recbole.errors import ConfigError
 from cprec_recbole.io import write_atomic
 from cprec_recbole.llm.backbone import BACKBONE_KEYS, add_lora, add_special_tokens, load_backbone
 from cprec_recbole.llm.batching import LLMSample, prompt_titles
 from cprec_recbole.llm.cpt import cpt_stage
 from cprec_recbole.llm.inference import EvalContext, output_metrics
-from cprec_recbole.llm.loop import ADAPTER, load_adapter
+from cprec_recbole.llm.loop import ADAPTER, CHECKPOINTS, load_adapter
 from cprec_recbole.llm.projector import Projector
 from cprec_recbole.llm.schedulers import schedule_keys
 from cprec_recbole.llm.sft import SFTSetup, fine_tune, load_trainable_state
@@ -146,11 +147,30 @@ class LLMRecommender:
         keys["data_stage"] = self.data.folder.name
         keys["rec_stage"] = self.rec_folder.name if self.rec_folder else None
         keys["cpt_stage"] = self.cpt_folder.name if self.cpt_folder else None
+        if self.cpt_folder and self.config.get("cpt_checkpoint") is not None:
+            keys["cpt_stage"] += f"/{self.cpt_adapter().parent.name}"
         # what the names stand for: a template's text, the schedule's own keys
         keys["templates"] = [asdict(t) for t in (self.template, self.text_template) if t]
         factory = self.plugins.schedulers.get(self.config["lr_scheduler"])
         keys["schedule"] = {k: self.config.get(k) for k in schedule_keys(factory)}
         return keys
+
+    def cpt_adapter(self) -> Path:
+        """The CPT adapters to start from: the finished CPT's, or with ``cpt_checkpoint`` those
+        of a kept checkpoint (``N``: after N samples, as in ``cpt_checkpoint_samples``; or a
+        name: ``warmup``, ``stable``), for the paper's data-volume study (Fig. 5)."""
+        wanted = self.config.get("cpt_checkpoint")
+        if wanted is None:
+            return self.cpt_folder / ADAPTER
+        name = f"samples-{int(wanted)}" if isinstance(wanted, int | float) else str(wanted)
+        path = self.cpt_folder / CHECKPOINTS / name / ADAPTER
+        if not path.is_dir():
+            kept = sorted(p.name for p in (self.cpt_folder / CHECKPOINTS).glob("[!.]*"))
+            raise ConfigError(
+                f"cpt_checkpoint={wanted!r}: no checkpoint {name} in {self.cpt_folder}; kept: "
+                f"{', '.join(kept) or 'none'} (cpt_checkpoint_samples decides which are kept)"
+            )
+        return path
 
     # ---------------------------------------------------------------- backbone
     def load(self):
@@ -174,7 +194,7 @@ class LLMRecommender:
         if self.fine_tunes or self.uses_cpt:
             model = add_lora(model, self.config)
         if self.uses_cpt:
-            load_adapter(model, self.cpt_folder / ADAPTER)
+            load_adapter(model, self.cpt_adapter())
         ctx = EvalContext(
             self.template,
             titles,
