@@ -161,6 +161,7 @@ class TrainLoop:
         self.state = state
         self.max_grad_norm = max_grad_norm
         self.steps_done, self.losses, self.stopped = 0, [], False
+        self.logged_losses = 0
         self.train_time = 0.0
 
     # ------------------------------------------------------------------ checkpoints
@@ -206,6 +207,7 @@ class TrainLoop:
             self.state.load_state_dict(saved["state"])
         _set_rng_state(saved["rng"])
         self.steps_done, self.losses = saved["steps_done"], list(saved["losses"])
+        self.logged_losses = len(self.losses)
         self.stopped, self.train_time = saved["stopped"], saved["train_time"]
 
     def _drop_rolling(self, keep: Path | None = None) -> None:
@@ -280,7 +282,8 @@ class TrainLoop:
 
     def _log(self, plan: Plan) -> None:
         done = plan.samples_done(self.steps_done)
-        recent = self.losses[-max(1, len(self.losses) // 10) :]
+        recent = self.losses[self.logged_losses :] or self.losses[-1:]  # since the last line
+        self.logged_losses = len(self.losses)
         logger.info(
             "%s: step %d/%d, %d/%d samples, loss %.4f, lr %.3e, %.2f samples/s",
             self.name,
