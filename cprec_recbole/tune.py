@@ -69,11 +69,7 @@ def validate(model: str, config: dict, plugins: Plugins, force: set[str]) -> dic
     if is_recbole_model(model_cls):
         folder = train_rec_model(model_cls, config, data, force="rec_model" in force)
         return json.loads((folder / "results.json").read_text())["valid"]
-    validate_fn = getattr(model_cls, "validate", None)
-    valid = validate_fn(config, data, plugins, force) if validate_fn else None
-    if valid is None:
-        raise ConfigError(f"model {model} has no validation metrics to tune on (does it train?)")
-    return valid
+    return model_cls.validate(config, data, plugins, force)
 
 
 def trial(params: dict, setup: dict) -> None:
@@ -122,6 +118,12 @@ def run_tune(
 
     from cprec_recbole.quick_start import build_config, run
 
+    model_cls = plugins.models.get(model)
+    trains = is_recbole_model(model_cls) or (
+        hasattr(model_cls, "validate") and getattr(model_cls, "fine_tunes", True)
+    )
+    if not trains:
+        raise ConfigError(f"--tune=true: model {model} trains nothing, so no trial can differ")
     points = grid(config.get("tune_space"))
     overrides = absolute_paths({k: v for k, v in overrides.items() if k not in TUNE_KEYS})
     config_files = [str(Path(p).resolve()) for p in config_files]

@@ -40,6 +40,13 @@ def test_selection_multiplies_hr1_by_valid_ratio_where_answers_can_be_invalid():
     assert selection_score({"hr@1": 0.4, "valid_ratio": 0.5}) == 0.2
 
 
+def test_a_model_that_trains_nothing_is_refused_before_ray_starts(tiny_base):
+    overrides = {**tiny_base, "llm_backbone": "tiny-random", "tune": True}
+    with pytest.raises(ConfigError, match="model LLaMA2ZeroShot trains nothing"):
+        run("LLaMA2ZeroShot", "Tiny", overrides=overrides)
+    assert not (Path(tiny_base["output_dir"]) / "tune").exists()
+
+
 def test_sasrec_search_picks_the_learning_rate_that_learns(tiny_overrides):
     """1e-7 leaves SASRec at chance on Tiny's cyclic walks, 1e-2 learns them: the answer is known."""
     overrides = {
