@@ -142,6 +142,18 @@ def register_mixing_rules(register: Register) -> None:
 
 
 @hookspec
+def register_text_encoders(register):
+    """Add sentence encoders for item text: ``register("all-minilm-l6-v2", loader)``.
+
+    ``loader(config) -> (model, tokenizer)``: a ``transformers`` encoder in eval mode whose
+    ``last_hidden_state`` is mean-pooled and L2-normalised per item title
+    (``cprec_recbole.text_encoder.encode``); ``text_encoder_path`` may replace its source. Item
+    embeddings are a stage (``item_text``) keyed by the data stage and ``text_encoder``,
+    ``text_encoder_path``, ``text_max_tokens``, shared by every model that reads them.
+    """
+
+
+@hookspec
 def register_experiments(register):
     """Add named experiments: ``register("table3", path)``, ``path`` a YAML file run by
     ``--experiment=table3 --dataset=D``. Its keys: ``runs`` (a list of ``{model, name,

