@@ -26,6 +26,7 @@ logger = logging.getLogger(__name__)
 NOT_HASHED = {
     *("output_dir", "data_path", "show_progress", "plugins", "state", "gpu_id", "force"),
     *("extra_keys", "download"),  # unread keys; fetching raw files
+    "item_text_folder",  # a path; its stage's name (item_text_stage) is hashed
     *("tune", "tune_space", "tune_cpus_per_trial", "tune_gpus_per_trial", "ray_address"),
 }
 

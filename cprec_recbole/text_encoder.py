@@ -89,6 +89,15 @@ def item_text_stage(config: dict, data, plugins: Plugins, force: bool = False) -
     return run_stage("item_text", keys, config, build, force=force)
 
 
+def with_item_text(config: dict, data, plugins: Plugins, model_cls, force: bool = False) -> dict:
+    """A model that reads item text (``reads_item_text``) gets the item_text stage's folder;
+    its name joins the model stage's key, its path does not."""
+    if not getattr(model_cls, "reads_item_text", False):
+        return config
+    folder = item_text_stage(config, data, plugins, force)
+    return {**config, "item_text_stage": folder.name, "item_text_folder": str(folder)}
+
+
 def _save(path: Path, array: np.ndarray) -> None:
     with path.open("wb") as handle:  # np.save on a path would append ".npy" to the temp name
         np.save(handle, array)

@@ -63,10 +63,12 @@ def validate(model: str, config: dict, plugins: Plugins, force: set[str]) -> dic
     models: their ``validate`` stops after SFT)."""
     from cprec_recbole.data.prepare import prepare
     from cprec_recbole.rec_model import train_rec_model
+    from cprec_recbole.text_encoder import with_item_text
 
     data = prepare(config, plugins, force="data" in force)
     model_cls = plugins.models.get(model)
     if is_recbole_model(model_cls):
+        config = with_item_text(config, data, plugins, model_cls, "item_text" in force)
         folder = train_rec_model(model_cls, config, data, force="rec_model" in force)
         return json.loads((folder / "results.json").read_text())["valid"]
     return model_cls.validate(config, data, plugins, force)
