@@ -110,5 +110,7 @@ def test_installed_plugins_load_unless_the_switch_excludes_them(tmp_path, monkey
 def test_help_lists_what_each_plugin_registers(capsys):
     assert main(["--help", "--plugin=plugins/step_decay.py"]) == 0
     out = capsys.readouterr().out
-    assert "  cprec_recbole.builtin.recbole_models: models: CL4SRec, GRU4Rec, MoRec, SASRec\n" in out
+    assert (
+        "  cprec_recbole.builtin.recbole_models: models: CL4SRec, GRU4Rec, MoRec, SASRec\n" in out
+    )
     assert "  plugins/step_decay.py: schedulers: step_decay\n" in out
