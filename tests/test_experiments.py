@@ -11,7 +11,10 @@ from cprec_recbole.errors import ConfigError
 from cprec_recbole.experiments import load_experiment, paired_test
 from tests.conftest import TINY_SIZES
 
-MODELS = ["SASRec", "GRU4Rec", "LLaRA", "CPRec", "CPTLLaRA", "LLaMA2ZeroShot", "CL4SRec"]
+MODELS = [
+    *("SASRec", "GRU4Rec", "LLaRA", "CPRec", "CPTLLaRA", "LLaMA2ZeroShot", "CL4SRec"),
+    *("MoRec", "ChatRec"),
+]
 
 
 def test_every_builtin_experiment_loads_and_names_registered_models(plugins):
@@ -34,12 +37,15 @@ def test_every_builtin_experiment_loads_and_names_registered_models(plugins):
         "GRU4Rec",
         "SASRec",
         "CL4SRec",
+        "MoRec",
         "LLaMA2ZeroShot",
+        "ChatRec",
         "LLaRA",
         "CPTLLaRA",
         "CPRec",
     ]
-    assert {a.model: a.seed_key for a in table3.arms}["CPTLLaRA"] == "cpt_seed"
+    seed_keys = {a.model: a.seed_key for a in table3.arms}
+    assert seed_keys["CPTLLaRA"] == "cpt_seed" and seed_keys["ChatRec"] is None
 
 
 @pytest.mark.parametrize(

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from cprec_recbole.builtin.prompt_templates import CHATREC
+from cprec_recbole.llm.prompts import render
 from cprec_recbole.llm.sft import hybrid_probability
 from cprec_recbole.quick_start import build_config, run
 from tests.reported_metrics import assert_metrics_follow_from_ranks
@@ -79,3 +81,20 @@ def test_zero_shot_uses_no_rec_model_and_reads_the_same_candidates(llm_overrides
     assert zero["valid"] is None
     assert_metrics_follow_from_ranks(zero)
     assert not list(Path(llm_overrides["output_dir"]).glob("sft/*"))
+
+
+def test_chatrec_asks_with_chat_recs_prompt_on_the_same_candidates(llm_overrides):
+    prompt = render(CHATREC, ["Halo, Reach", "Doom"], ["Myst", "Halo, Reach"], "game")
+    assert prompt == (
+        "I want you to act as a recommender system. The user has bought these games, oldest "
+        "first: Halo, Reach; Doom. The candidate games are: Myst; Halo, Reach. Based on the "
+        "user's history, recommend the one candidate game the user is most likely to buy next. "
+        "The answer is"
+    )
+    chat = run("ChatRec", "Tiny", overrides=llm_overrides)
+    zero = run("LLaMA2ZeroShot", "Tiny", overrides=llm_overrides)
+    assert chat["candidates_sha256"] == zero["candidates_sha256"]
+    assert chat["folder"] != zero["folder"] and chat["valid"] is None
+    keys = json.loads((Path(chat["folder"]) / "manifest.json").read_text())["config"]
+    assert [t["text"] for t in keys["templates"]] == [CHATREC.text]
+    assert_metrics_follow_from_ranks(chat)

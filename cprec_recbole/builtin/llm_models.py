@@ -5,6 +5,7 @@ from cprec_recbole.hookspecs import hookimpl
 
 @hookimpl
 def register_models(register):
+    from cprec_recbole.models.chatrec import ChatRec
     from cprec_recbole.models.cprec import CPRec
     from cprec_recbole.models.cpt_llara import CPTLLaRA
     from cprec_recbole.models.llama2_zero_shot import LLaMA2ZeroShot
@@ -14,3 +15,4 @@ def register_models(register):
     register("LLaRA", LLaRA)
     register("CPTLLaRA", CPTLLaRA)
     register("CPRec", CPRec)
+    register("ChatRec", ChatRec)

@@ -1,4 +1,5 @@
-"""Built-in prompt templates: LLaRA's hybrid and text-only prompts, and CPRec's unified one.
+"""Built-in prompt templates: LLaRA's hybrid and text-only prompts, CPRec's unified one and
+Chat-REC's.
 
 LLaRA's sentence names the dataset's noun ("game"); the unified template of the paper's Table 1
 forces "item" so that one corpus mixes every domain.
@@ -26,6 +27,15 @@ LLARA_TEXT = PromptTemplate(
     extra_tokens=("[PH]",),
 )
 UNIFIED = PromptTemplate(text=SENTENCE, noun="item")
+#: Chat-REC's way of asking (Gao et al., 2023): a role, the history, the candidate set, one pick.
+CHATREC = PromptTemplate(
+    text=(
+        "I want you to act as a recommender system. The user has bought these {noun}s, oldest "
+        "first: {history}. The candidate {noun}s are: {candidates}. Based on the user's history, "
+        "recommend the one candidate {noun} the user is most likely to buy next. The answer is"
+    ),
+    separator="; ",  # titles contain commas
+)
 
 
 @hookimpl
@@ -33,3 +43,4 @@ def register_prompt_templates(register):
     register("llara_hybrid", LLARA_HYBRID)
     register("llara_text", LLARA_TEXT)
     register("unified", UNIFIED)
+    register("chatrec", CHATREC)
