@@ -13,7 +13,7 @@ from tests.conftest import TINY_SIZES
 
 MODELS = [
     *("SASRec", "GRU4Rec", "LLaRA", "CPRec", "CPTLLaRA", "LLaMA2ZeroShot", "CL4SRec"),
-    *("MoRec", "ChatRec"),
+    *("MoRec", "TedRec", "ChatRec"),
 ]
 
 
@@ -38,6 +38,7 @@ def test_every_builtin_experiment_loads_and_names_registered_models(plugins):
         "SASRec",
         "CL4SRec",
         "MoRec",
+        "TedRec",
         "LLaMA2ZeroShot",
         "ChatRec",
         "LLaRA",

@@ -111,6 +111,7 @@ def test_help_lists_what_each_plugin_registers(capsys):
     assert main(["--help", "--plugin=plugins/step_decay.py"]) == 0
     out = capsys.readouterr().out
     assert (
-        "  cprec_recbole.builtin.recbole_models: models: CL4SRec, GRU4Rec, MoRec, SASRec\n" in out
+        "  cprec_recbole.builtin.recbole_models: models: CL4SRec, GRU4Rec, MoRec, SASRec, TedRec\n"
+        in out
     )
     assert "  plugins/step_decay.py: schedulers: step_decay\n" in out

@@ -1,4 +1,4 @@
-"""RecBole's own sequential baselines, plus CL4SRec and MoRec (which RecBole lacks)."""
+"""RecBole's own sequential baselines, plus CL4SRec, MoRec and TedRec (which RecBole lacks)."""
 
 from recbole.model.sequential_recommender import GRU4Rec, SASRec
 
@@ -9,8 +9,10 @@ from cprec_recbole.hookspecs import hookimpl
 def register_models(register):
     from cprec_recbole.models.cl4srec import CL4SRec
     from cprec_recbole.models.morec import MoRec
+    from cprec_recbole.models.tedrec import TedRec
 
     register("GRU4Rec", GRU4Rec)
     register("SASRec", SASRec)
     register("CL4SRec", CL4SRec)
     register("MoRec", MoRec)
+    register("TedRec", TedRec)

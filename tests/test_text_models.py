@@ -1,4 +1,4 @@
-"""MoRec: SASRec over frozen text-encoder item vectors, on the shared candidate sets."""
+"""MoRec and TedRec: text-aware ID models on the shared candidate sets, one item_text stage."""
 
 from __future__ import annotations
 
@@ -6,8 +6,11 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
+import torch
 
 from cprec_recbole.models.morec import aligned_rows
+from cprec_recbole.models.tedrec import circular_mix
 from cprec_recbole.quick_start import run
 from tests.conftest import TINY_SIZES, cyclic_sequences, write_dataset
 
@@ -51,19 +54,29 @@ def test_text_rows_follow_recbole_internal_ids_and_padding_is_zero():
     assert rows.tolist() == [[0, 0], [0, 1], [1, 0], [0, 0]]
 
 
-def test_morec_learns_the_walks_from_titles_and_shares_candidates_and_text(tmp_path, tiny_base):
+def test_circular_mix_is_the_circular_convolution_over_positions():
+    a, b = torch.randn(2, 5, 3), torch.randn(2, 5, 3)
+    slow = torch.zeros_like(a)
+    for t in range(5):
+        for s in range(5):
+            slow[:, t] += a[:, s] * b[:, (t - s) % 5]
+    assert torch.allclose(circular_mix(a, b), slow / 5**0.5, atol=1e-5)
+
+
+@pytest.mark.parametrize(("model", "rate"), [("MoRec", 1e-2), ("TedRec", 3e-3)])
+def test_text_model_learns_the_walks_and_shares_candidates_and_text(
+    tmp_path, tiny_base, model, rate
+):
     titles = {f"i{n:02d}": f"{WORDS[n]} {WORDS[(n * 7) % 30]}" for n in range(30)}
     data = write_dataset(tmp_path / "words", "Tiny", cyclic_sequences(), titles)
     overrides = {**tiny_base, "data_path": str(data), **TINY_SIZES["SASRec"], "epochs": 30}
-    morec = run("MoRec", "Tiny", overrides={**overrides, "learning_rate": 1e-2})
+    first = run(model, "Tiny", overrides={**overrides, "learning_rate": rate})
     sasrec = run("SASRec", "Tiny", overrides=overrides)
-    assert morec["candidates_sha256"] == sasrec["candidates_sha256"]
-    assert morec["test"]["hr@1"] > 0.3  # random: 1/20
-    again = run("MoRec", "Tiny", overrides={**overrides, "learning_rate": 1e-3})
+    assert first["candidates_sha256"] == sasrec["candidates_sha256"]
+    assert first["test"]["hr@1"] > 0.3  # random: 1/20
+    again = run(model, "Tiny", overrides={**overrides, "learning_rate": rate / 3})
     saved = Path(tiny_base["output_dir"])
     assert len(list(saved.glob("item_text/*/manifest.json"))) == 1  # encoded once, shared
-    stages = {
-        json.loads(m.read_text())["config"].get("item_text_stage")
-        for m in saved.glob("rec_model/*/manifest.json")
-    }
-    assert len(stages - {None}) == 1 and again["folder"] != morec["folder"]
+    manifests = saved.glob("rec_model/*/manifest.json")
+    stages = {json.loads(m.read_text())["config"].get("item_text_stage") for m in manifests}
+    assert len(stages - {None}) == 1 and again["folder"] != first["folder"]
