@@ -285,14 +285,13 @@ def check_config(
     extra = config.get("extra_keys") or []
     extra = [extra] if isinstance(extra, str) else list(extra)
     known = known_keys(model, dataset, model_cls, plugins, config)
+    sasrec = known_keys(REC_MODEL, dataset, plugins.models.get(REC_MODEL), plugins, {})
     unknown = {k: v for k, v in given.items() if k not in known}
     readers = {
         name: known_keys(name, dataset, plugins.models.get(name), plugins, {})
         for name in (plugins.models.names() if unknown else [])
     }
-    rec_keys = (
-        readers.get(REC_MODEL, set()) if getattr(model_cls, "uses_rec_model", False) else set()
-    )
+    rec_keys = sasrec if getattr(model_cls, "uses_rec_model", False) else set()
     problems = unknown_key_problems(unknown, known, extra, readers, rec_keys)
     defaults = builtin_values(model, dataset, model_cls, config)
     for key in sorted(known & set(config)):
@@ -302,7 +301,6 @@ def check_config(
             problems.append(f"config key {key!r} ({where}) {problem}")
     if not is_recbole_model(model_cls):
         where = given.get("rec_model_overrides", "the built-in properties")
-        sasrec = known_keys(REC_MODEL, dataset, plugins.models.get(REC_MODEL), plugins, {})
         for key in config.get("rec_model_overrides") or {}:
             if key not in sasrec:
                 close = _close(key, sasrec)

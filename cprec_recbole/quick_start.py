@@ -15,9 +15,8 @@ from cprec_recbole.config_check import check_config, is_recbole_model
 from cprec_recbole.data.prepare import prepare
 from cprec_recbole.logs import setup_logging
 from cprec_recbole.plugins import Plugins, load_plugins
-from cprec_recbole.rec_model import train_rec_model
+from cprec_recbole.rec_model import train_id_model
 from cprec_recbole.results import table
-from cprec_recbole.text_encoder import with_item_text
 
 logger = logging.getLogger(__name__)
 
@@ -72,8 +71,7 @@ def run(
     data = prepare(config, plugins, force="data" in force)
     model_cls = plugins.models.get(model)
     if is_recbole_model(model_cls):
-        config = with_item_text(config, data, plugins, model_cls, "item_text" in force)
-        folder = train_rec_model(model_cls, config, data, force="rec_model" in force)
+        folder = train_id_model(model_cls, config, data, plugins, force)
     else:
         folder = model_cls.run(config, data, plugins, force)
     results = json.loads((folder / "results.json").read_text())

@@ -95,3 +95,12 @@ def train_rec_model(model_cls: type, config: dict, data: PreparedData, force: bo
         lambda folder: _train(model_cls, config, data, folder),
         force=force,
     )
+
+
+def train_id_model(model_cls: type, config: dict, data: PreparedData, plugins, force=()) -> Path:
+    """The ``rec_model`` stage of a model run on its own (CLI, Tune trials): first the stages
+    it reads, i.e. item text vectors for a text-aware model (``reads_item_text``)."""
+    from cprec_recbole.text_encoder import with_item_text
+
+    config = with_item_text(config, data, plugins, model_cls, "item_text" in force)
+    return train_rec_model(model_cls, config, data, force="rec_model" in force)

@@ -98,6 +98,23 @@ def with_item_text(config: dict, data, plugins: Plugins, model_cls, force: bool 
     return {**config, "item_text_stage": folder.name, "item_text_folder": str(folder)}
 
 
+def aligned_rows(item_ids: list[str], tokens: list[str], vectors: np.ndarray) -> np.ndarray:
+    """Text vectors in RecBole's internal item order (``tokens``; row 0 is padding: zeros)."""
+    index = {item: row for row, item in enumerate(item_ids)}
+    out = np.zeros((len(tokens), vectors.shape[1]), dtype=np.float32)
+    for internal, token in enumerate(tokens):
+        if token in index:
+            out[internal] = vectors[index[token]]
+    return out
+
+
+def dataset_text(config, dataset) -> np.ndarray:
+    """The item_text vectors (``config["item_text_folder"]``) of a RecBole dataset's items, by
+    internal id: what a text-aware RecBole model reads at construction."""
+    item_ids, vectors = load_item_text(config["item_text_folder"])
+    return aligned_rows(item_ids, list(dataset.field2id_token[dataset.iid_field]), vectors)
+
+
 def _save(path: Path, array: np.ndarray) -> None:
     with path.open("wb") as handle:  # np.save on a path would append ".npy" to the temp name
         np.save(handle, array)

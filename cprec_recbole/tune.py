@@ -62,14 +62,12 @@ def validate(model: str, config: dict, plugins: Plugins, force: set[str]) -> dic
     """Train ``model`` with ``config`` and return its valid metrics (no test evaluation for LLM
     models: their ``validate`` stops after SFT)."""
     from cprec_recbole.data.prepare import prepare
-    from cprec_recbole.rec_model import train_rec_model
-    from cprec_recbole.text_encoder import with_item_text
+    from cprec_recbole.rec_model import train_id_model
 
     data = prepare(config, plugins, force="data" in force)
     model_cls = plugins.models.get(model)
     if is_recbole_model(model_cls):
-        config = with_item_text(config, data, plugins, model_cls, "item_text" in force)
-        folder = train_rec_model(model_cls, config, data, force="rec_model" in force)
+        folder = train_id_model(model_cls, config, data, plugins, force)
         return json.loads((folder / "results.json").read_text())["valid"]
     return model_cls.validate(config, data, plugins, force)
 
@@ -130,13 +128,12 @@ def run_tune(
     overrides = absolute_paths({k: v for k, v in overrides.items() if k not in TUNE_KEYS})
     config_files = [str(Path(p).resolve()) for p in config_files]
     plugin_files = [str(Path(p).resolve()) for p in plugin_files]
-    for point in points:  # a bad value stops the search before any trial
-        check_config(
-            build_config(model, dataset, plugins, config_files, {**overrides, **point}),
-            plugins,
-            config_files,
-            {**overrides, **point},
-        )
+    configs = [
+        build_config(model, dataset, plugins, config_files, {**overrides, **point})
+        for point in points
+    ]
+    for point, point_config in zip(points, configs, strict=True):  # before any trial starts
+        check_config(point_config, plugins, config_files, {**overrides, **point})
     space_key = config_hash(
         {
             "model": model,
@@ -148,8 +145,7 @@ def run_tune(
     )
     folder = Path(config["output_dir"]).resolve() / "tune" / f"{model}-{dataset}-{space_key}"
     logger.info("tune: %d trials of %s on %s into %s", len(points), model, dataset, folder)
-    first = build_config(model, dataset, plugins, config_files, {**overrides, **points[0]})
-    shared_stages(model, first, plugins, set(force))
+    shared_stages(model, configs[0], plugins, set(force))
     resources = trial_resources(config)
     setup = {
         "model": model,

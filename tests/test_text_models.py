@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from cprec_recbole.models.morec import aligned_rows
 from cprec_recbole.models.tedrec import circular_mix
 from cprec_recbole.quick_start import run
+from cprec_recbole.text_encoder import aligned_rows
 from tests.conftest import TINY_SIZES, cyclic_sequences, write_dataset
 
 WORDS = [

@@ -20,17 +20,7 @@ from recbole.model.sequential_recommender.sasrec import SASRec
 from torch import nn
 
 from cprec_recbole.config import PROPERTIES
-from cprec_recbole.text_encoder import load_item_text
-
-
-def aligned_rows(item_ids: list[str], tokens: list[str], vectors: np.ndarray) -> np.ndarray:
-    """Text vectors in RecBole's internal item order (``tokens``; row 0 is padding: zeros)."""
-    index = {item: row for row, item in enumerate(item_ids)}
-    out = np.zeros((len(tokens), vectors.shape[1]), dtype=np.float32)
-    for internal, token in enumerate(tokens):
-        if token in index:
-            out[internal] = vectors[index[token]]
-    return out
+from cprec_recbole.text_encoder import dataset_text
 
 
 class TextItemEmbedding(nn.Module):
@@ -63,10 +53,7 @@ class MoRec(SASRec):
 
     def __init__(self, config: Config, dataset: Dataset) -> None:
         super().__init__(config, dataset)
-        item_ids, vectors = load_item_text(config["item_text_folder"])
-        tokens = list(dataset.field2id_token[dataset.iid_field])
-        text = aligned_rows(item_ids, tokens, vectors)
         self.item_embedding = TextItemEmbedding(
-            text, self.hidden_size, config["projection_dropout"]
+            dataset_text(config, dataset), self.hidden_size, config["projection_dropout"]
         )
         self.item_embedding.project.apply(self._init_weights)

@@ -24,8 +24,7 @@ from recbole.model.sequential_recommender.sasrec import SASRec
 from torch import nn
 
 from cprec_recbole.config import PROPERTIES
-from cprec_recbole.models.morec import aligned_rows
-from cprec_recbole.text_encoder import load_item_text
+from cprec_recbole.text_encoder import dataset_text
 
 
 def circular_mix(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -72,9 +71,7 @@ class TedRec(SASRec):
         super().__init__(config, dataset)
         if self.loss_type != "CE":
             raise ValueError("TedRec trains with loss_type CE over cosine scores")
-        item_ids, vectors = load_item_text(config["item_text_folder"])
-        tokens = list(dataset.field2id_token[dataset.iid_field])
-        self.register_buffer("text", torch.from_numpy(aligned_rows(item_ids, tokens, vectors)))
+        self.register_buffer("text", torch.from_numpy(dataset_text(config, dataset)))
         self.temperature = float(config["temperature"])
         self.adapter = TextAdapter(
             int(config["n_exps"]),
