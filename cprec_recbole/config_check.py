@@ -114,6 +114,7 @@ RULES: dict[str, Number | Choice] = {
             "eval_rounds",
             "max_new_tokens",
             "eval_batch_users",
+            "text_encoder_chunk",
         ],
         COUNT,
     ),
@@ -125,6 +126,7 @@ RULES: dict[str, Number | Choice] = {
         ["sft_samples", "cpt_samples", "cpt_mixed_samples", "eval_users", "valid_users"], CAP
     ),
     "user_sample_num": CAP,
+    "text_encoder_trainable_layers": SIZE,
     "tune_cpus_per_trial": Number(1, integer=True, nullable=True),
     "tune_gpus_per_trial": Number(0, nullable=True),
     **dict.fromkeys(

@@ -47,25 +47,32 @@ def load_minilm(config: Mapping[str, Any]):
     return model.eval(), tokenizer
 
 
-def encode(model, tokenizer, texts: Sequence[str], max_tokens: int, batch: int = 64) -> np.ndarray:
+def sentence_vectors(model, enc: Mapping[str, Any]):
     """Mean of the last hidden states over each text's tokens, L2-normalised (the pooling
-    sentence-transformers uses for MiniLM), as float32 ``[len(texts), hidden]``."""
+    sentence-transformers uses for MiniLM): ``[texts, hidden]``, with grad where enabled."""
+    import torch
+
+    hidden = model(**enc).last_hidden_state
+    mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+    pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+    return torch.nn.functional.normalize(pooled, dim=-1)
+
+
+def tokenize(tokenizer, texts: Sequence[str], max_tokens: int) -> dict:
+    return tokenizer(
+        list(texts), padding=True, truncation=True, max_length=max_tokens, return_tensors="pt"
+    )
+
+
+def encode(model, tokenizer, texts: Sequence[str], max_tokens: int, batch: int = 64) -> np.ndarray:
+    """``sentence_vectors`` of ``texts`` as float32 ``[len(texts), hidden]``."""
     import torch
 
     out = []
     with torch.inference_mode():
         for start in range(0, len(texts), batch):
-            enc = tokenizer(
-                list(texts[start : start + batch]),
-                padding=True,
-                truncation=True,
-                max_length=max_tokens,
-                return_tensors="pt",
-            )
-            hidden = model(**enc).last_hidden_state
-            mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
-            out.append(torch.nn.functional.normalize(pooled, dim=-1).float().numpy())
+            enc = tokenize(tokenizer, texts[start : start + batch], max_tokens)
+            out.append(sentence_vectors(model, enc).float().numpy())
     return np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)
 
 

@@ -9,9 +9,12 @@ import numpy as np
 import pytest
 import torch
 
+from cprec_recbole.compat import load_checkpoint
+from cprec_recbole.errors import ConfigError
+from cprec_recbole.models.morec import train_top_blocks
 from cprec_recbole.models.tedrec import circular_mix
 from cprec_recbole.quick_start import run
-from cprec_recbole.text_encoder import aligned_rows
+from cprec_recbole.text_encoder import aligned_rows, load_minilm
 from tests.conftest import TINY_SIZES, cyclic_sequences, write_dataset
 
 WORDS = [
@@ -63,12 +66,16 @@ def test_circular_mix_is_the_circular_convolution_over_positions():
     assert torch.allclose(circular_mix(a, b), slow / 5**0.5, atol=1e-5)
 
 
+def word_titles(tmp_path: Path) -> Path:
+    titles = {f"i{n:02d}": f"{WORDS[n]} {WORDS[(n * 7) % 30]}" for n in range(30)}
+    return write_dataset(tmp_path / "words", "Tiny", cyclic_sequences(), titles)
+
+
 @pytest.mark.parametrize(("model", "rate"), [("MoRec", 1e-2), ("TedRec", 3e-3)])
 def test_text_model_learns_the_walks_and_shares_candidates_and_text(
     tmp_path, tiny_base, model, rate
 ):
-    titles = {f"i{n:02d}": f"{WORDS[n]} {WORDS[(n * 7) % 30]}" for n in range(30)}
-    data = write_dataset(tmp_path / "words", "Tiny", cyclic_sequences(), titles)
+    data = word_titles(tmp_path)
     overrides = {**tiny_base, "data_path": str(data), **TINY_SIZES["SASRec"], "epochs": 30}
     first = run(model, "Tiny", overrides={**overrides, "learning_rate": rate})
     sasrec = run("SASRec", "Tiny", overrides=overrides)
@@ -80,3 +87,27 @@ def test_text_model_learns_the_walks_and_shares_candidates_and_text(
     manifests = saved.glob("rec_model/*/manifest.json")
     stages = {json.loads(m.read_text())["config"].get("item_text_stage") for m in manifests}
     assert len(stages - {None}) == 1 and again["folder"] != first["folder"]
+
+
+def test_morec_end_to_end_trains_the_top_encoder_block_only(tmp_path, tiny_base):
+    data = word_titles(tmp_path)
+    overrides = {**tiny_base, "data_path": str(data), **TINY_SIZES["SASRec"], "epochs": 20}
+    overrides.update(text_encoder_trainable_layers=1, text_encoder_chunk=7, learning_rate=3e-3)
+    result = run("MoRec", "Tiny", overrides=overrides)
+    assert result["test"]["hr@1"] > 0.3  # random: 1/20
+    state = load_checkpoint(Path(result["folder"]) / "model.pth")["state_dict"]
+    pretrained, _ = load_minilm({"text_encoder_path": None})
+    changed = {
+        name
+        for name, value in pretrained.state_dict().items()
+        if not torch.equal(value, state[f"item_embedding.encoder.{name}"])
+    }
+    assert changed and all(name.startswith("encoder.layer.5.") for name in changed)  # 6 blocks
+
+
+def test_morec_end_to_end_refuses_more_blocks_than_the_encoder_has():
+    encoder, _ = load_minilm({"text_encoder_path": None})
+    assert train_top_blocks(encoder, 6) == 6
+    assert all(p.requires_grad == (".layer." in n) for n, p in encoder.named_parameters())
+    with pytest.raises(ConfigError, match="text_encoder_trainable_layers: 7, but .* has 6"):
+        train_top_blocks(encoder, 7)

@@ -170,10 +170,14 @@ def _read(folder: Path, name: str) -> tuple[pd.DataFrame, pd.DataFrame]:
             "timestamp": atomic["time:float"].astype(float),
         }
     )
-    items = pd.read_csv(
+    return inter, read_items(folder)
+
+
+def read_items(folder: Path) -> pd.DataFrame:
+    """The data stage's ``items.tsv``: item_id, title (strings)."""
+    return pd.read_csv(
         folder / "items.tsv", sep="\t", dtype=str, quoting=csv.QUOTE_NONE, keep_default_na=False
     )
-    return inter, items
 
 
 def prepare(config: dict, plugins: Plugins, force: bool = False) -> PreparedData:
