@@ -6,8 +6,10 @@
 The same ``--samples`` corpus rows (a seeded subset of the CPT training order) in both modes, with
 the config's CPT settings (backbone, LoRA, ``max_title_tokens``, ``cpt_micro_batch_size``).
 naive: the samples in random order cut into micro-batches, each padded to its longest row (a
-shuffling DataLoader with a padding collator); shipped: :func:`length_grouped` micro-batches.
-Every micro-batch: encode, forward, answer-only loss, backward, an Adam step over LoRA. Each mode
+shuffling DataLoader with a padding collator), in peft's default precision (LoRA weights fp32,
+every adapter input cast up to fp32 and back); shipped: :func:`length_grouped` micro-batches in the
+loop's ``mixed_precision`` (``autocast: true``: adapter matmuls in bf16 on fp32 weights). Every
+micro-batch: encode, forward, answer-only loss, backward, an Adam step over LoRA. Each mode
 starts from the same fresh LoRA state and runs one untimed warm-up micro-batch first.
 
 FLOPs of a micro-batch of B rows padded to T tokens (frozen weights need no weight gradients):
@@ -19,10 +21,11 @@ the whole square), d the hidden size, V the vocabulary and k the LM-head positio
 square). The script times bf16/fp32 ``F.linear`` with the model's own weight shapes and reports
 the fraction of that matmul rate training reaches, the 10 ops with the most self CPU time under
 ``torch.profiler`` (``--profile`` micro-batches; 0 skips), and the whole CPT plan's padding at
-micro-batch 4/8/16 (token counts only, no training). ``--variants=1`` adds measured rows:
-``lora_dropout=0``, LoRA weights in the compute dtype (peft keeps them fp32 and casts every
-adapter input), micro-batch 8 (random and grouped) and combinations. ``--pause_pid=PID`` stops
-that process (a training run sharing the CPU) during each timed measurement and resumes it after.
+micro-batch 4/8/16 (token counts only, no training). ``--variants=1`` adds measured rows that
+change one thing: grouping or autocast alone, ``lora_dropout=0.1``, LoRA weights in the compute
+dtype (pure bf16: not shipped, Adam on bf16 weights rounds away small updates), micro-batch 8.
+``--pause_pid=PID`` stops that process (a training run sharing the CPU) during each timed
+measurement and resumes it after.
 Writes benchmarks/results/cpt-throughput-<backbone>.json (``--results_dir`` moves it); any other
 --key=value is a config override, as in the CLI.
 """
@@ -49,7 +52,7 @@ from cprec_recbole.io import write_json
 from cprec_recbole.llm.backbone import add_lora, load_backbone
 from cprec_recbole.llm.batching import encode_batch, prompt_lengths, prompt_titles
 from cprec_recbole.llm.cpt import cpt_plan, length_grouped, sample_lengths, variant_order
-from cprec_recbole.llm.loop import adam
+from cprec_recbole.llm.loop import adam, mixed_precision
 from cprec_recbole.llm.prompts import answer_text
 from cprec_recbole.llm.sft import answer_loss, answer_span, load_trainable_state, trainable_state
 
@@ -194,12 +197,14 @@ def lora_model(s: Setup, overrides: dict, lora_in_compute_dtype: bool):
     return model
 
 
-def step(s: Setup, model, optimizer, ids: list[int]):
-    """One micro-batch: encode, forward, answer-only loss, backward, Adam step."""
+def step(s: Setup, model, optimizer, ids: list[int], autocast: bool):
+    """One micro-batch: encode, forward (in the loop's mixed precision), answer-only loss,
+    backward, Adam step."""
     batch = encode_batch(
         s.tokenizer, s.template, s.corpus.samples(ids), s.titles, {}, "item", with_answer=True
     )
-    loss = answer_loss(model, batch, None, None)
+    with mixed_precision(model, autocast):
+        loss = answer_loss(model, batch, None, None)
     loss.backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
@@ -208,7 +213,9 @@ def step(s: Setup, model, optimizer, ids: list[int]):
 
 def measure(s: Setup, name: str, micros, overrides=None, lora_in_compute_dtype=False) -> dict:
     """Train on ``micros`` from a fresh LoRA state after one untimed warm-up micro-batch."""
-    model = lora_model(s, overrides or {}, lora_in_compute_dtype)
+    overrides = overrides or {}
+    autocast = bool(overrides.get("autocast", s.config["autocast"]))
+    model = lora_model(s, overrides, lora_in_compute_dtype)
     fresh = trainable_state(model, None)
     lr = float(s.config["eta_h"])
     dims = model_dims(model)
@@ -216,13 +223,13 @@ def measure(s: Setup, name: str, micros, overrides=None, lora_in_compute_dtype=F
     flops = np.zeros(2)
     losses = []
     with paused(s.pause_pid):
-        step(s, model, adam(model, None, lr), micros[0])
+        step(s, model, adam(model, None, lr), micros[0], autocast)
         load_trainable_state(model, None, fresh)
         optimizer = adam(model, None, lr)
         torch.manual_seed(int(s.config["cpt_seed"]))  # the same dropout masks in every mode
         start, cpu = time.perf_counter(), time.process_time()
         for ids in micros:
-            batch, loss = step(s, model, optimizer, ids)
+            batch, loss = step(s, model, optimizer, ids, autocast)
             losses.append(loss)
             mask = batch.attention_mask
             real, padded = real + int(mask.sum()), padded + mask.numel()
@@ -245,10 +252,10 @@ def profile_steps(s: Setup, micros, n: int) -> dict:
     model = lora_model(s, {}, False)
     optimizer = adam(model, None, float(s.config["eta_h"]))
     with paused(s.pause_pid):
-        step(s, model, optimizer, micros[0])
+        step(s, model, optimizer, micros[0], s.config["autocast"])
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             for ids in micros[:n]:
-                step(s, model, optimizer, ids)
+                step(s, model, optimizer, ids, s.config["autocast"])
     events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
     total = sum(e.self_cpu_time_total for e in events)
     top = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:10]
@@ -351,14 +358,14 @@ def variant_rows(
         length_grouped(ids, estimate, micro, seed),
         length_grouped(ids, estimate, 8, seed),
     )
-    no_dropout = {"lora_dropout": 0.0}
+    plain = {"autocast": False}
     return [
-        measure(s, "shipped + lora_dropout=0", grouped, no_dropout),
-        measure(s, "shipped + LoRA weights in compute dtype", grouped, None, True),
-        measure(s, "shipped + lora_dropout=0 + LoRA in compute dtype", grouped, no_dropout, True),
-        measure(s, "naive, micro 8", random_micro_batches(ids, 8, seed)),
+        measure(s, "length_grouped, autocast off", grouped, plain),
+        measure(s, "random order, autocast on", random_micro_batches(ids, micro, seed)),
+        measure(s, "shipped + lora_dropout=0.1", grouped, {"lora_dropout": 0.1}),
+        measure(s, "shipped + LoRA weights in compute dtype", grouped, plain, True),
+        measure(s, "naive, micro 8", random_micro_batches(ids, 8, seed), plain),
         measure(s, "shipped, micro 8", grouped8),
-        measure(s, "shipped, micro 8 + lora_dropout=0", grouped8, no_dropout),
     ]
 
 
@@ -378,7 +385,10 @@ def main(argv: list[str]) -> dict:
         order, min(knobs["samples"], len(order)), replace=False
     )
     estimate = estimated_lengths(s)
-    naive = measure(s, "naive (random order)", random_micro_batches(ids, micro, seed))
+    plain = {"autocast": False}  # peft's defaults: fp32 adapters, every adapter input cast up
+    naive = measure(
+        s, "naive (random order, autocast off)", random_micro_batches(ids, micro, seed), plain
+    )
     shipped = measure(s, "shipped (length_grouped)", length_grouped(ids, estimate, micro, seed))
     rows = round(shipped["padded_tokens"] / -(-len(ids) // micro))  # a micro-batch's B x T
     matmul = {

@@ -14,11 +14,13 @@ import torch
 from safetensors.torch import load_file
 
 from cprec_recbole.errors import ConfigError
+from cprec_recbole.llm.backbone import add_lora
 from cprec_recbole.llm.cpt import VARIANTS, cpt_plan, length_grouped, variant_order
-from cprec_recbole.llm.loop import Plan, TrainLoop
+from cprec_recbole.llm.loop import Plan, TrainLoop, mixed_precision
 from cprec_recbole.llm.sft import trainable_state
 from cprec_recbole.quick_start import run
 from tests.conftest import REPO, cyclic_sequences, write_dataset
+from tests.llm_fixtures import tiny_backbone
 
 PHASE = np.array([0] * 40 + [1] * 10)  # 40 domain-specific then 10 mixed corpus rows
 
@@ -272,3 +274,27 @@ def test_the_loop_clips_each_steps_gradient_norm(tmp_path):
     )
     loop.run(Plan([[[0]]]), lambda step, ids: 1000 * model(torch.ones(1, 4)).sum())
     assert torch.linalg.norm(model.weight.detach() - before) == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_mixed_precision_runs_adapters_in_the_backbones_half_dtype_on_fp32_weights(dtype):
+    base, _ = tiny_backbone()
+    model = add_lora(base.to(dtype), {"lora_r": 4, "lora_alpha": 8, "lora_dropout": 0.0})
+    seen: list[torch.dtype] = []
+    adapters = [m for n, m in model.named_modules() if n.endswith("lora_A.default")]
+    for adapter in adapters:
+        adapter.register_forward_hook(lambda mod, args, out: seen.append(out.dtype))
+    ids = torch.tensor([[3, 4, 5, 6]])
+    losses = {}
+    for enabled in (False, True):
+        seen.clear()
+        with mixed_precision(model, enabled):
+            loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        losses[enabled] = float(loss.detach())
+        half = enabled and dtype == torch.bfloat16  # fp32 backbones: a no-op
+        assert set(seen) == {torch.bfloat16 if half else torch.float32}
+        trained = [p for p in model.parameters() if p.requires_grad]
+        assert {p.dtype for p in trained} == {p.grad.dtype for p in trained} == {torch.float32}
+        model.zero_grad()
+    assert losses[True] == pytest.approx(losses[False], rel=0.02)

@@ -65,6 +65,7 @@ CPT_KEYS = (
     "eta_l",
     "eta_h",
     "max_grad_norm",
+    "autocast",
 )
 
 
@@ -234,6 +235,7 @@ class CPT:
             config.get("checkpoint_every"),
             bool(config.get("show_progress", True)),
             max_grad_norm=config.get("max_grad_norm"),
+            autocast=bool(config["autocast"]),
         )
         device = model_device(model)
 

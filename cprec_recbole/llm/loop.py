@@ -24,7 +24,8 @@ import os
 import random
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -122,6 +123,36 @@ def load_adapter(model: nn.Module, folder: Path) -> None:
         raise ValueError(f"{folder}: adapter weights the model lacks, e.g. {unexpected[0]}")
 
 
+def frozen_dtype(model: nn.Module) -> torch.dtype | None:
+    """The dtype of the frozen (backbone) weights, where they all share one."""
+    dtypes = {p.dtype for p in model.parameters() if not p.requires_grad and p.is_floating_point()}
+    return dtypes.pop() if len(dtypes) == 1 else None
+
+
+@contextmanager
+def mixed_precision(model: nn.Module, enabled: bool) -> Iterator[None]:
+    """Adapter and projector matmuls in the frozen backbone's half dtype, weights kept in fp32.
+
+    peft keeps LoRA weights fp32 and casts every adapter input up to fp32 (and the result back);
+    under ``torch.autocast`` with peft's input casting off, inputs stay bf16 and only the small
+    weights are cast, while Adam still updates fp32 weights (pure bf16 weights would round away
+    updates at annealing rates). 1.3x tokens/s on this CPU (``benchmarks/cpt_throughput.py``). A
+    no-op unless ``enabled`` and the backbone is bf16/fp16; the backward pass follows the forward's
+    dtypes by itself, so only the forward runs inside.
+    """
+    dtype = frozen_dtype(model)
+    if not enabled or dtype not in (torch.bfloat16, torch.float16):
+        yield
+        return
+    from peft.helpers import disable_input_dtype_casting
+
+    device = next(model.parameters()).device.type
+    with ExitStack() as stack:
+        stack.enter_context(torch.autocast(device, dtype=dtype))
+        stack.enter_context(disable_input_dtype_casting(model))
+        yield
+
+
 def _replace_dir(tmp: Path, target: Path) -> None:
     """Move ``tmp`` to ``target``; an older ``target`` is removed only once ``tmp`` is complete."""
     old = target.with_name(f".old-{target.name}")
@@ -153,13 +184,14 @@ class TrainLoop:
         show_progress: bool = True,
         state: Stateful | None = None,
         max_grad_norm: float | None = None,
+        autocast: bool = False,
     ):
         self.model, self.projector = model, projector
         self.optimizer, self.scheduler = optimizer, scheduler
         self.folder = Path(folder) / CHECKPOINTS
         self.name, self.every, self.show = name, checkpoint_every, show_progress
         self.state = state
-        self.max_grad_norm = max_grad_norm
+        self.max_grad_norm, self.autocast = max_grad_norm, autocast
         self.steps_done, self.losses, self.stopped = 0, [], False
         self.logged_losses = 0
         self.train_time = 0.0
@@ -247,7 +279,8 @@ class TrainLoop:
             step = self.steps_done
             micros = plan.steps[step]
             for ids in micros:
-                loss = loss_fn(step, ids)
+                with mixed_precision(self.model, self.autocast):
+                    loss = loss_fn(step, ids)
                 (loss / len(micros)).backward()
                 self.losses.append(float(loss.detach()))
             if self.max_grad_norm:

@@ -51,6 +51,7 @@ SFT_KEYS = (
     "micro_batch_size",
     "learning_rate",
     "max_grad_norm",
+    "autocast",
     "lr_scheduler",
     "warmup_ratio",
     "projector_decay",

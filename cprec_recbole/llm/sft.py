@@ -179,6 +179,7 @@ def fine_tune(
         bool(config.get("show_progress", True)),
         validation,
         max_grad_norm=config.get("max_grad_norm"),
+        autocast=bool(config["autocast"]),
     )
     cache: dict[int, Sequence[LLMSample]] = {}
 
