@@ -124,6 +124,14 @@ def arm_overrides(arm: Arm, base: Mapping[str, Any], seed_index: int, base_seed:
     return overrides
 
 
+def overrides_for(overrides: Mapping[str, Any], readers: Mapping[str, set], arm: str) -> dict:
+    """The command line's overrides one arm gets: the keys it reads, and keys no arm reads (its
+    config check then names them). A key only other arms read is left out, so ``--eval_users``
+    reaches table3's LLM arms without failing its ID arms."""
+    anyone = set().union(*readers.values())
+    return {k: v for k, v in overrides.items() if k in readers[arm] or k not in anyone}
+
+
 def per_user_hits(folders: list[Path], k: int = 1) -> pd.Series:
     """Mean hit@k per user over the seeds' result folders (same candidate sets checked)."""
     for other in folders[1:]:
@@ -159,21 +167,30 @@ def run_experiment(
     seeds: int | None = None,
 ) -> Path:
     """Run every arm over the seeds, then write the report; returns the experiment folder."""
-    from cprec_recbole.config_check import check_config
+    from cprec_recbole.config_check import check_config, known_keys
     from cprec_recbole.quick_start import build_config, run
 
     experiment = load_experiment(name, plugins.experiments.get(name), plugins.models.names())
     seeds = experiment.seeds if seeds is None else int(seeds)
     overrides = dict(overrides or {})
     config_files = list(config_files)
+    readers = {
+        arm.name: known_keys(
+            arm.model,
+            dataset,
+            plugins.models.get(arm.model),
+            plugins,
+            {**overrides, **arm.overrides},
+        )
+        for arm in experiment.arms
+    }
     plan = []
     for arm in experiment.arms:
-        first = build_config(
-            arm.model, dataset, plugins, config_files, {**overrides, **arm.overrides}
-        )
+        given = overrides_for(overrides, readers, arm.name)
+        first = build_config(arm.model, dataset, plugins, config_files, {**given, **arm.overrides})
         base_seed = int(first[arm.seed_key]) if arm.seed_key else 0
         for i in range(seeds if arm.seed_key else 1):
-            wanted = arm_overrides(arm, overrides, i, base_seed)
+            wanted = arm_overrides(arm, given, i, base_seed)
             config = build_config(arm.model, dataset, plugins, config_files, wanted)
             try:  # every run's config is checked before the first one starts
                 check_config(config, plugins, config_files, wanted)

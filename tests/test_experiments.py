@@ -8,7 +8,7 @@ import pytest
 from cprec_recbole.cli import main
 from cprec_recbole.config import PROPERTIES
 from cprec_recbole.errors import ConfigError
-from cprec_recbole.experiments import load_experiment, paired_test
+from cprec_recbole.experiments import load_experiment, overrides_for, paired_test
 from tests.conftest import TINY_SIZES
 
 MODELS = [
@@ -124,3 +124,18 @@ def test_a_bad_override_stops_the_experiment_before_any_run(tmp_path, tiny_base,
     assert main(["--experiment=cost", "--dataset=Tiny", "--hiden_size=3", *args]) == 2
     assert "experiment cost, run SASRec: unknown config key 'hiden_size'" in capsys.readouterr().err
     assert not (tmp_path / "saved").exists()
+
+
+def test_an_override_only_some_arms_read_reaches_those_arms_and_a_typo_still_fails(
+    tmp_path, tiny_base, capsys
+):
+    readers = {"SASRec": {"epochs", "hidden_size"}, "LLaRA": {"epochs", "eval_users"}}
+    given = {"epochs": 1, "eval_users": 5, "hiden_size": 3}
+    assert overrides_for(given, readers, "SASRec") == {"epochs": 1, "hiden_size": 3}
+    assert overrides_for(given, readers, "LLaRA") == given
+    args = [f"--{k}={v}" for k, v in tiny_base.items()]
+    command = ["--experiment=table3", "--dataset=Tiny", "--eval_users=3", "--hiden_size=3"]
+    assert main([*command, *args]) == 2  # stops before any run
+    err = capsys.readouterr().err
+    assert "run GRU4Rec: unknown config key 'hiden_size'" in err
+    assert "eval_users" not in err  # the ID arms run without it, the LLM arms read it
