@@ -27,7 +27,7 @@ PHASE = np.array([0] * 40 + [1] * 10)  # 40 domain-specific then 10 mixed corpus
 
 def test_cprec_variant_anneals_on_mixed_samples_after_all_domain_specific_ones():
     order, phases = variant_order(PHASE, "DS+Mix(A)", seed=0, warmup_ratio=0.05)
-    assert phases == {"warmup": 2, "stable": 40, "total": 50}
+    assert phases == {"warmup": 2, "stable": 40, "total": 50, "mixed_from": 40}
     assert (PHASE[order[:40]] == 0).all() and (PHASE[order[40:]] == 1).all()
     assert sorted(order) == list(range(50))
 
@@ -35,9 +35,9 @@ def test_cprec_variant_anneals_on_mixed_samples_after_all_domain_specific_ones()
 @pytest.mark.parametrize(
     "variant, phases, tail_is_mixed",
     [
-        ("DS", {"warmup": 2, "stable": 40, "total": 40}, False),
-        ("DS+Mix(S)", {"warmup": 2, "stable": 50, "total": 50}, True),
-        ("DS+Mix(N)", {"warmup": 2, "stable": 40, "total": 50}, None),
+        ("DS", {"warmup": 2, "stable": 40, "total": 40, "mixed_from": 40}, False),
+        ("DS+Mix(S)", {"warmup": 2, "stable": 50, "total": 50, "mixed_from": 40}, True),
+        ("DS+Mix(N)", {"warmup": 2, "stable": 40, "total": 50, "mixed_from": None}, None),
     ],
 )
 def test_each_ablation_yields_its_documented_phase_order(variant, phases, tail_is_mixed):
@@ -55,7 +55,7 @@ def test_each_ablation_yields_its_documented_phase_order(variant, phases, tail_i
 def test_sample_caps_take_seeded_subsets_of_each_phase():
     order, phases = variant_order(PHASE, "DS+Mix(A)", 3, 0.1, ds_limit=20, mixed_limit=4)
     again, _ = variant_order(PHASE, "DS+Mix(A)", 3, 0.1, ds_limit=20, mixed_limit=4)
-    assert phases == {"warmup": 2, "stable": 20, "total": 24}
+    assert phases == {"warmup": 2, "stable": 20, "total": 24, "mixed_from": 20}
     assert (order == again).all() and (PHASE[order[20:]] == 1).all()
 
 
@@ -145,7 +145,12 @@ def test_cprec_runs_corpus_cpt_sft_and_eval_and_cptllara_reuses_the_cpt(cpt_over
     (cpt,) = saved.glob("cpt/*/manifest.json")
     metrics = json.loads(cpt.read_text())["metrics"]
     assert metrics["samples"] == 64 and metrics["mixed_samples"] == 16
-    assert metrics["phases_in_samples"] == {"warmup": 2, "stable": 48, "total": 64}
+    assert metrics["phases_in_samples"] == {
+        "warmup": 2,
+        "stable": 48,
+        "total": 64,
+        "mixed_from": 48,
+    }
     folder = cpt.parent
     assert {"warmup", "stable", "annealing", "samples-24"} <= {
         p.name for p in (folder / "checkpoints").iterdir()
@@ -298,3 +303,39 @@ def test_mixed_precision_runs_adapters_in_the_backbones_half_dtype_on_fp32_weigh
         assert {p.dtype for p in trained} == {p.grad.dtype for p in trained} == {torch.float32}
         model.zero_grad()
     assert losses[True] == pytest.approx(losses[False], rel=0.02)
+
+
+def test_ds_and_stable_mix_start_from_cprecs_run_and_end_as_if_trained_from_scratch(
+    cpt_overrides, tmp_path
+):
+    from cprec_recbole.llm.cpt import cpt_stage
+    from cprec_recbole.plugins import load_plugins
+    from cprec_recbole.quick_start import build_config
+    from cprec_recbole.stages import read_manifest
+
+    plugins = load_plugins()
+
+    def cpt(variant: str, output_dir: Path) -> Path:
+        wanted = {**cpt_overrides, "output_dir": str(output_dir), "cpt_variant": variant}
+        return cpt_stage(build_config("CPRec", "Tiny", plugins, [], wanted), plugins)
+
+    def adapter(folder: Path) -> dict:
+        return load_file(folder / "adapter" / "adapter_model.safetensors")
+
+    shared = tmp_path / "shared"
+    cprec = cpt("DS+Mix(A)", shared)
+    stable_end = json.loads((cprec / "checkpoints" / "stable" / "cursor.json").read_text())
+    donors = {cprec.name}  # DS+Mix(S) may start from DS's end: the same state
+    for variant in ("DS", "DS+Mix(S)"):
+        folder = cpt(variant, shared)
+        started = read_manifest(folder)["metrics"]["started_from"]
+        assert started["stage"] in donors and started["steps"] == stable_end["steps_done"]
+        donors.add(folder.name)
+        alone = cpt(variant, tmp_path / f"alone-{variant}")
+        assert read_manifest(alone)["metrics"]["started_from"] is None
+        ours, theirs = adapter(folder), adapter(alone)
+        assert ours.keys() == theirs.keys()
+        assert all(torch.equal(ours[k], theirs[k]) for k in ours), variant
+        assert (folder / "checkpoints" / "samples-24").is_dir()  # shared named checkpoints
+    stable = adapter(cprec / "checkpoints" / "stable")
+    assert all(torch.equal(stable[k], adapter(cpt("DS", shared))[k]) for k in stable)

@@ -10,10 +10,17 @@ paper's Fig. 4 differ only in data order and in which phases the schedule has:
 - ``DS+Mix(S)``: the same order, the mixed samples at the stable rate (no annealing);
 - ``DS+Mix(N)``: everything shuffled together, same phase lengths as A;
 - ``DS``: domain-specific samples only, warm-up then stable (there is nothing to anneal on).
+
+DS and DS+Mix(S) take the very same first steps as CPRec (same micro-batches, same rates: the
+plan cuts its length groups where the mixed block starts), so a variant starts from another
+variant's furthest checkpoint that it shares (DS is CPRec's run at the stable phase end) instead
+of recomputing those steps; see :meth:`CPT._shared_prefix`.
 """
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
 import math
 import shutil
@@ -21,6 +28,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from cprec_recbole.data.corpus import Corpus, corpus_stage, load_corpus, resolve_cpt_domains
 from cprec_recbole.errors import ConfigError
@@ -29,6 +37,8 @@ from cprec_recbole.llm.batching import encode_batch, prompt_titles
 from cprec_recbole.llm.loop import (
     ADAPTER,
     CHECKPOINTS,
+    CURSOR,
+    STATE,
     Plan,
     TrainLoop,
     adam,
@@ -99,7 +109,13 @@ def variant_order(
         order = rng.permutation(order)
     warmup = round(warmup_ratio * len(ds))
     stable = len(order) if variant in ("DS", "DS+Mix(S)") else len(ds)
-    return order, {"warmup": warmup, "stable": stable, "total": len(order)}
+    mixed_from = None if variant == "DS+Mix(N)" else len(ds)  # where the mixed block starts
+    return order, {
+        "warmup": warmup,
+        "stable": stable,
+        "total": len(order),
+        "mixed_from": mixed_from,
+    }
 
 
 def length_grouped(
@@ -126,17 +142,20 @@ def cpt_plan(
     seed: int,
     checkpoint_samples=(),
 ) -> tuple[Plan, dict[str, int]]:
-    """Steps phase by phase (a phase boundary is always a step boundary), named checkpoints at
-    phase ends and at ``checkpoint_samples``; returns the plan and the phase ends in steps."""
+    """Steps phase by phase (a phase boundary is always a step boundary, and so is the start of
+    the mixed block, ``mixed_from``), named checkpoints at phase ends and at
+    ``checkpoint_samples``; returns the plan and the phase ends in steps."""
     bounds = [0, phases["warmup"], phases["stable"], phases["total"]]
     steps: list[list[list[int]]] = []
     ends: dict[str, int] = {}
     for name, lo, hi in zip(PHASES, bounds, bounds[1:]):
-        part = order[lo:hi]
-        if lengths is None:
-            steps += batch_steps(part.tolist(), micro, accumulate)
-        else:
-            steps += group_steps(length_grouped(part, lengths, micro, seed + lo), accumulate)
+        cut = phases.get("mixed_from")
+        for a, b in ((lo, cut), (cut, hi)) if cut is not None and lo < cut < hi else ((lo, hi),):
+            part = order[a:b]
+            if lengths is None:
+                steps += batch_steps(part.tolist(), micro, accumulate)
+            else:
+                steps += group_steps(length_grouped(part, lengths, micro, seed + a), accumulate)
         ends[name] = len(steps)
     plan = Plan(steps)
     names: dict[int, list[str]] = {}
@@ -191,40 +210,28 @@ class CPT:
             config, self.plugins, [*corpus.titles.values(), self.template.text]
         )
         titles = prompt_titles(tokenizer, corpus.titles, config)
+        # LoRA's init and dropout masks follow cpt_seed, not what ran before in this process
+        # (a cached SASRec stage, or an experiment's earlier runs, would otherwise change them).
+        torch.manual_seed(int(config["cpt_seed"]))
         model = add_lora(model, config)
         micro = int(config["cpt_micro_batch_size"])
         accumulate = max(1, math.ceil(int(config["cpt_batch_size"]) / micro))
-        seed = int(config["cpt_seed"])
         lengths = self._lengths(corpus, tokenizer, titles)
         grouped = lengths if config.get("cpt_length_grouped", True) else None
+        prefix = None
         if config.get("add_domain"):
             order, phases, plan, step_phases = self._reanneal_plan(
                 folder, corpus, grouped, micro, accumulate
             )
         else:
-            order, phases = variant_order(
-                corpus.phase,
-                config["cpt_variant"],
-                seed,
-                float(config["cpt_warmup_ratio"]),
-                config.get("cpt_samples"),
-                config.get("cpt_mixed_samples"),
-            )
-            plan, step_phases = cpt_plan(
-                order,
-                phases,
-                grouped,
-                micro,
-                accumulate,
-                seed,
-                config.get("cpt_checkpoint_samples"),
-            )
+            plan_of = functools.partial(self._plan, corpus, grouped, micro, accumulate)
+            order, phases, plan, step_phases = plan_of(config["cpt_variant"])
+            prefix = self._shared_prefix(folder, plan_of, plan, self._rates(step_phases))
         eta_h = float(config["eta_h"])
-        schedule_config = {**config, "min_lr_ratio": float(config["eta_l"]) / eta_h}
         optimizer = adam(model, None, eta_h)
-        scheduler = self.factory(optimizer, step_phases, schedule_config)
+        scheduler = self.factory(optimizer, step_phases, self._schedule_config())
         if config.get("plot_schedule"):
-            self._plot(folder, plan, step_phases, schedule_config, eta_h)
+            self._plot(folder, plan, step_phases)
         loop = TrainLoop(
             model,
             None,
@@ -257,7 +264,82 @@ class CPT:
             "phases_in_samples": phases,
             "phases_in_steps": step_phases,
             "checkpoints": sorted({n for names in plan.checkpoints.values() for n in names}),
+            "started_from": prefix,
         }
+
+    def _plan(self, corpus: Corpus, lengths, micro: int, accumulate: int, variant: str):
+        """(order, phases in samples, plan, phases in steps) of one ablation variant."""
+        config, seed = self.config, int(self.config["cpt_seed"])
+        order, phases = variant_order(
+            corpus.phase,
+            variant,
+            seed,
+            float(config["cpt_warmup_ratio"]),
+            config.get("cpt_samples"),
+            config.get("cpt_mixed_samples"),
+        )
+        checkpoints = config.get("cpt_checkpoint_samples")
+        plan, step_phases = cpt_plan(order, phases, lengths, micro, accumulate, seed, checkpoints)
+        return order, phases, plan, step_phases
+
+    def _schedule_config(self) -> dict:
+        return {
+            **self.config,
+            "min_lr_ratio": float(self.config["eta_l"]) / float(self.config["eta_h"]),
+        }
+
+    def _rates(self, step_phases: dict) -> np.ndarray:
+        """The learning rate of every step of a plan with these phase ends."""
+        return learning_rates(
+            self.factory, step_phases, self._schedule_config(), float(self.config["eta_h"])
+        )
+
+    def _shared_prefix(self, folder: Path, plan_of, plan: Plan, rates: np.ndarray) -> dict | None:
+        """Start a fresh run from another variant's furthest checkpoint whose steps this run
+        would take identically: the same micro-batches and the same rate at every step before it.
+        The copy is the state this run would reach there (restoring a checkpoint continues
+        bit-identically, as the resume test checks); the rate for the next step is this run's."""
+        if any((folder / CHECKPOINTS).glob("[!.]*")):
+            return None  # this run's own checkpoints: a resume
+        best: tuple[int, Path] | None = None
+        for variant in VARIANTS:
+            other = {**self.config, "cpt_variant": variant}
+            keys = cpt_keys(other, self.plugins, self.corpus_folder)
+            donor = stage_dir(self.config["output_dir"], "cpt", keys)
+            if variant == self.config["cpt_variant"] or not (donor / CHECKPOINTS).is_dir():
+                continue
+            _, _, theirs, their_phases = plan_of(variant)
+            their_rates = self._rates(their_phases)
+            for path in (donor / CHECKPOINTS).glob("[!.]*"):
+                step = _cursor(path)
+                if path.name.startswith("rolling-") or step is None:
+                    continue  # a rolling checkpoint may vanish while a running donor trains on
+                same = (
+                    step <= len(plan.steps)
+                    and theirs.steps[:step] == plan.steps[:step]
+                    and np.array_equal(their_rates[:step], rates[:step])
+                )
+                if same and (best is None or step > best[0]):
+                    best = (step, path)
+        if best is None:
+            return None
+        step, path = best
+        for other in path.parent.glob("[!.]*"):  # its named checkpoints up to there are ours too
+            at = _cursor(other)
+            if other.name.startswith("rolling-") or at is None or at > step:
+                continue
+            names = plan.checkpoints.get(at) or []
+            if other == path and not names:
+                names = [f"shared-{path.parent.parent.name}-{path.name}"]
+            for name in names:
+                _copy_checkpoint(other, folder / CHECKPOINTS / name, rates)
+        logger.info(
+            "cpt: starting from %s at step %d/%d (shared with that run)",
+            path,
+            step,
+            len(plan.steps),
+        )
+        return {"stage": path.parent.parent.name, "checkpoint": path.name, "steps": step}
 
     def _lengths(self, corpus: Corpus, tokenizer, titles: dict) -> np.ndarray:
         codes = np.arange(len(corpus.titles))
@@ -266,10 +348,8 @@ class CPT:
         fixed = len(tokenizer(self.template.text, add_special_tokens=True)["input_ids"])
         return sample_lengths(corpus, title_tokens, fixed)
 
-    def _plot(
-        self, folder: Path, plan: Plan, step_phases: dict, schedule_config: dict, eta_h: float
-    ) -> None:
-        rates = learning_rates(self.factory, step_phases, schedule_config, eta_h)
+    def _plot(self, folder: Path, plan: Plan, step_phases: dict) -> None:
+        rates = self._rates(step_phases)
         edges = plan.cumulative
         bounds = [0, step_phases["warmup"], step_phases["stable"], step_phases["total"]]
         spans = {
@@ -316,6 +396,31 @@ class CPT:
             shutil.copytree(stable, target)
         step_phases = {"warmup": done["warmup"], "stable": done["stable"], "total": len(plan.steps)}
         return mixed, phases, plan, step_phases
+
+
+def _cursor(checkpoint: Path) -> int | None:
+    """Steps done at a checkpoint (None: not a whole checkpoint)."""
+    path = checkpoint / CURSOR
+    return json.loads(path.read_text())["steps_done"] if path.is_file() else None
+
+
+def _copy_checkpoint(source: Path, target: Path, rates: np.ndarray) -> None:
+    """Copy a checkpoint of another run, the rate of its next step set to ``rates``' (this
+    run's schedule); renamed into place when whole, so a kill leaves no half copy."""
+    step = _cursor(source)
+    tmp = target.parent / f".tmp-{target.name}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(source, tmp)
+    if step < len(rates):
+        state = torch.load(tmp / STATE, map_location="cpu", weights_only=False)
+        for group in state["optimizer"]["param_groups"]:
+            group["lr"] = float(rates[step])
+        if "_last_lr" in state["scheduler"]:  # LambdaLR's record of the rate it set
+            state["scheduler"]["_last_lr"] = [float(rates[step])] * len(
+                state["scheduler"]["_last_lr"]
+            )
+        torch.save(state, tmp / STATE)
+    tmp.rename(target)
 
 
 def base_cpt_folder(config: dict, plugins: Plugins) -> Path:
