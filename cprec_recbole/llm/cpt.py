@@ -20,7 +20,6 @@ of recomputing those steps; see :meth:`CPT._shared_prefix`.
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import math
 import shutil
@@ -37,12 +36,12 @@ from cprec_recbole.llm.batching import encode_batch, prompt_titles
 from cprec_recbole.llm.loop import (
     ADAPTER,
     CHECKPOINTS,
-    CURSOR,
     STATE,
     Plan,
     TrainLoop,
     adam,
     batch_steps,
+    checkpoints,
     group_steps,
     save_adapter,
 )
@@ -278,8 +277,8 @@ class CPT:
             config.get("cpt_samples"),
             config.get("cpt_mixed_samples"),
         )
-        checkpoints = config.get("cpt_checkpoint_samples")
-        plan, step_phases = cpt_plan(order, phases, lengths, micro, accumulate, seed, checkpoints)
+        kept = config.get("cpt_checkpoint_samples")
+        plan, step_phases = cpt_plan(order, phases, lengths, micro, accumulate, seed, kept)
         return order, phases, plan, step_phases
 
     def _schedule_config(self) -> dict:
@@ -299,7 +298,7 @@ class CPT:
         would take identically: the same micro-batches and the same rate at every step before it.
         The copy is the state this run would reach there (restoring a checkpoint continues
         bit-identically, as the resume test checks); the rate for the next step is this run's."""
-        if any((folder / CHECKPOINTS).glob("[!.]*")):
+        if checkpoints(folder / CHECKPOINTS):
             return None  # this run's own checkpoints: a resume
         best: tuple[int, Path] | None = None
         for variant in VARIANTS:
@@ -310,10 +309,8 @@ class CPT:
                 continue
             _, _, theirs, their_phases = plan_of(variant)
             their_rates = self._rates(their_phases)
-            for path in (donor / CHECKPOINTS).glob("[!.]*"):
-                step = _cursor(path)
-                if path.name.startswith("rolling-") or step is None:
-                    continue  # a rolling checkpoint may vanish while a running donor trains on
+            # not the rolling ones: one may vanish while a running donor trains on
+            for step, path in checkpoints(donor / CHECKPOINTS, rolling=False):
                 same = (
                     step <= len(plan.steps)
                     and theirs.steps[:step] == plan.steps[:step]
@@ -324,15 +321,14 @@ class CPT:
         if best is None:
             return None
         step, path = best
-        for other in path.parent.glob("[!.]*"):  # its named checkpoints up to there are ours too
-            at = _cursor(other)
-            if other.name.startswith("rolling-") or at is None or at > step:
+        for at, other in checkpoints(path.parent, rolling=False):  # named ones up to there
+            if at > step:
                 continue
             names = plan.checkpoints.get(at) or []
             if other == path and not names:
                 names = [f"shared-{path.parent.parent.name}-{path.name}"]
             for name in names:
-                _copy_checkpoint(other, folder / CHECKPOINTS / name, rates)
+                _copy_checkpoint(other, at, folder / CHECKPOINTS / name, rates)
         logger.info(
             "cpt: starting from %s at step %d/%d (shared with that run)",
             path,
@@ -398,16 +394,10 @@ class CPT:
         return mixed, phases, plan, step_phases
 
 
-def _cursor(checkpoint: Path) -> int | None:
-    """Steps done at a checkpoint (None: not a whole checkpoint)."""
-    path = checkpoint / CURSOR
-    return json.loads(path.read_text())["steps_done"] if path.is_file() else None
-
-
-def _copy_checkpoint(source: Path, target: Path, rates: np.ndarray) -> None:
-    """Copy a checkpoint of another run, the rate of its next step set to ``rates``' (this
-    run's schedule); renamed into place when whole, so a kill leaves no half copy."""
-    step = _cursor(source)
+def _copy_checkpoint(source: Path, step: int, target: Path, rates: np.ndarray) -> None:
+    """Copy a checkpoint of another run (``step`` steps done), the rate of its next step set to
+    ``rates``' (this run's schedule); renamed into place when whole, so a kill leaves no half
+    copy."""
     tmp = target.parent / f".tmp-{target.name}"
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(source, tmp)

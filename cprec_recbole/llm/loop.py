@@ -42,6 +42,7 @@ logger = logging.getLogger(__name__)
 CHECKPOINTS = "checkpoints"
 STATE = "trainer.pt"
 CURSOR = "cursor.json"
+ROLLING = "rolling-"  # every ``checkpoint_every`` samples; only the newest is kept
 ADAPTER = "adapter"
 
 
@@ -121,6 +122,17 @@ def load_adapter(model: nn.Module, folder: Path) -> None:
     unexpected = getattr(result, "unexpected_keys", [])
     if unexpected:
         raise ValueError(f"{folder}: adapter weights the model lacks, e.g. {unexpected[0]}")
+
+
+def checkpoints(folder: Path, rolling: bool = True) -> list[tuple[int, Path]]:
+    """(steps done, path) of every whole checkpoint in ``folder`` (temporary copies and folders
+    without a cursor are not), the rolling ones only if ``rolling``."""
+    out = []
+    for path in Path(folder).glob("[!.]*"):
+        cursor = path / CURSOR
+        if cursor.is_file() and (rolling or not path.name.startswith(ROLLING)):
+            out.append((json.loads(cursor.read_text())["steps_done"], path))
+    return out
 
 
 def frozen_dtype(model: nn.Module) -> torch.dtype | None:
@@ -223,10 +235,8 @@ class TrainLoop:
 
     def latest(self) -> Path | None:
         """The checkpoint furthest into training (by its step count), if any."""
-        found = [p for p in self.folder.glob("[!.]*") if (p / CURSOR).is_file()]
-        if not found:
-            return None
-        return max(found, key=lambda p: json.loads((p / CURSOR).read_text())["steps_done"])
+        found = checkpoints(self.folder)
+        return max(found)[1] if found else None
 
     def restore(self, path: Path) -> None:
         saved = torch.load(path / STATE, map_location="cpu", weights_only=False)
@@ -243,7 +253,7 @@ class TrainLoop:
         self.stopped, self.train_time = saved["stopped"], saved["train_time"]
 
     def _drop_rolling(self, keep: Path | None = None) -> None:
-        for path in self.folder.glob("rolling-*"):
+        for path in self.folder.glob(f"{ROLLING}*"):
             if path != keep:
                 shutil.rmtree(path, ignore_errors=True)
 
@@ -341,7 +351,7 @@ class TrainLoop:
             return
         done, before = plan.samples_done(self.steps_done), plan.samples_done(self.steps_done - 1)
         if done // self.every > before // self.every:
-            self._drop_rolling(self.checkpoint(f"rolling-{self.steps_done:08d}"))
+            self._drop_rolling(self.checkpoint(f"{ROLLING}{self.steps_done:08d}"))
 
 
 def adam(
