@@ -58,6 +58,8 @@ from cprec_recbole.llm.sft import answer_loss, answer_span, load_trainable_state
 
 from harness import configure
 
+#: peft's default precision: fp32 adapters, every adapter input cast up (the naive rows)
+PEFT_PRECISION = {"autocast": False}
 KNOBS = {"samples": 64, "variants": 0, "profile": 3, "matmul_repeats": 20, "pause_pid": 0}
 FLOPS_FORMULA = (
     "(4*N_frozen + 6*N_lora)*B*T + 12*L*d_q*B*T^2 + 4*d*V*B*k per micro-batch of B rows padded "
@@ -358,7 +360,7 @@ def variant_rows(
         length_grouped(ids, estimate, micro, seed),
         length_grouped(ids, estimate, 8, seed),
     )
-    plain = {"autocast": False}
+    plain = PEFT_PRECISION
     return [
         measure(s, "length_grouped, autocast off", grouped, plain),
         measure(s, "random order, autocast on", random_micro_batches(ids, micro, seed)),
@@ -385,9 +387,11 @@ def main(argv: list[str]) -> dict:
         order, min(knobs["samples"], len(order)), replace=False
     )
     estimate = estimated_lengths(s)
-    plain = {"autocast": False}  # peft's defaults: fp32 adapters, every adapter input cast up
     naive = measure(
-        s, "naive (random order, autocast off)", random_micro_batches(ids, micro, seed), plain
+        s,
+        "naive (random order, autocast off)",
+        random_micro_batches(ids, micro, seed),
+        PEFT_PRECISION,
     )
     shipped = measure(s, "shipped (length_grouped)", length_grouped(ids, estimate, micro, seed))
     rows = round(shipped["padded_tokens"] / -(-len(ids) // micro))  # a micro-batch's B x T
