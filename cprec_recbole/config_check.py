@@ -283,7 +283,8 @@ def check_config(
     """Raise one ``ConfigError`` listing every unknown key and bad value of ``config``."""
     model, dataset = config["model"], config["dataset"]
     model_cls = plugins.models.get(model)
-    given = origins(config_files, overrides or {})
+    # a file key absent from config was routed to other arms of an experiment
+    given = {k: v for k, v in origins(config_files, overrides or {}).items() if k in config}
     extra = config.get("extra_keys") or []
     extra = [extra] if isinstance(extra, str) else list(extra)
     known = known_keys(model, dataset, model_cls, plugins, config)

@@ -125,9 +125,9 @@ def arm_overrides(arm: Arm, base: Mapping[str, Any], seed_index: int, base_seed:
 
 
 def overrides_for(overrides: Mapping[str, Any], readers: Mapping[str, set], arm: str) -> dict:
-    """The command line's overrides one arm gets: the keys it reads, and keys no arm reads (its
-    config check then names them). A key only other arms read is left out, so ``--eval_users``
-    reaches table3's LLM arms without failing its ID arms."""
+    """The keys (of the command line or a config file) one arm gets: those it reads, and those no
+    arm reads (its config check then names them). A key only other arms read is left out, so
+    ``--eval_users`` reaches table3's LLM arms without failing its ID arms."""
     anyone = set().union(*readers.values())
     return {k: v for k, v in overrides.items() if k in readers[arm] or k not in anyone}
 
@@ -174,29 +174,35 @@ def run_experiment(
     seeds = experiment.seeds if seeds is None else int(seeds)
     overrides = dict(overrides or {})
     config_files = list(config_files)
+    file_values: dict[str, Any] = {}  # routed to the arms like the command line's keys
+    for path in config_files:
+        file_values.update(read_yaml(Path(path)))
     readers = {
         arm.name: known_keys(
             arm.model,
             dataset,
             plugins.models.get(arm.model),
             plugins,
-            {**overrides, **arm.overrides},
+            {**file_values, **overrides, **arm.overrides},
         )
         for arm in experiment.arms
     }
     plan = []
     for arm in experiment.arms:
+        from_files = overrides_for(file_values, readers, arm.name)
         given = overrides_for(overrides, readers, arm.name)
-        first = build_config(arm.model, dataset, plugins, config_files, {**given, **arm.overrides})
+        first = build_config(
+            arm.model, dataset, plugins, (), {**from_files, **given, **arm.overrides}
+        )
         base_seed = int(first[arm.seed_key]) if arm.seed_key else 0
         for i in range(seeds if arm.seed_key else 1):
             wanted = arm_overrides(arm, given, i, base_seed)
-            config = build_config(arm.model, dataset, plugins, config_files, wanted)
+            config = build_config(arm.model, dataset, plugins, (), {**from_files, **wanted})
             try:  # every run's config is checked before the first one starts
                 check_config(config, plugins, config_files, wanted)
             except ConfigError as exc:
                 raise ConfigError(f"experiment {name}, run {arm.name}: {exc}") from None
-            plan.append((arm, i, wanted))
+            plan.append((arm, i, {**from_files, **wanted}))
     folder = Path(config["output_dir"]) / "experiments" / f"{name}-{dataset}"
     rows = []
     start = time.time()
@@ -204,7 +210,7 @@ def run_experiment(
     for arm, i, wanted in progress:
         progress.set_postfix_str(f"{arm.name} seed {i}")
         began = time.time()
-        results = run(arm.model, dataset, config_files, wanted, plugins.files)
+        results = run(arm.model, dataset, (), wanted, plugins.files)
         rows.append(
             {
                 "arm": arm.name,

@@ -139,3 +139,14 @@ def test_an_override_only_some_arms_read_reaches_those_arms_and_a_typo_still_fai
     err = capsys.readouterr().err
     assert "run GRU4Rec: unknown config key 'hiden_size'" in err
     assert "eval_users" not in err  # the ID arms run without it, the LLM arms read it
+
+
+def test_a_config_file_key_only_some_arms_read_reaches_those_arms(tmp_path, tiny_base, capsys):
+    extra = tmp_path / "extra.yaml"
+    extra.write_text("eval_users: 3\nhiden_size: 3\n")
+    args = [f"--{k}={v}" for k, v in tiny_base.items()]
+    command = ["--experiment=table3", "--dataset=Tiny", f"--config_files={extra}"]
+    assert main([*command, *args]) == 2  # stops before any run
+    err = capsys.readouterr().err
+    assert f"run GRU4Rec: unknown config key 'hiden_size' ({extra}:2)" in err
+    assert "eval_users" not in err
