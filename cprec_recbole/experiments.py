@@ -245,18 +245,31 @@ def run_experiment(
 
 
 def cost_of(folder: Path) -> dict[str, float]:
-    """Training and inference wall time and peak memory, from the stage manifests."""
+    """Training and inference wall time and peak memory, from the stage manifests.
+
+    An LLM's training time is its loop's (the sum of SFT's epochs), which counts every process a
+    resumed stage took; the manifest's ``wall_time_s`` covers only the one that finished it."""
     manifest = read_manifest(folder) or {}
     keys = manifest.get("config", {})  # the stage keys; an LLM's name its SFT stage
     sft = keys.get("sft_stage")
-    train = read_manifest(folder.parent.parent / "sft" / sft) if sft else manifest
+    train = (read_manifest(folder.parent.parent / "sft" / sft) if sft else manifest) or {}
     results = json.loads((folder / "results.json").read_text())
     return {
-        "train_s": (train or {}).get("wall_time_s"),
-        "train_peak_mb": (train or {}).get("peak_memory_mb"),
+        "train_s": train_seconds(train),
+        "train_peak_mb": train.get("peak_memory_mb"),
         "eval_s": results.get("eval_time_s"),
         "eval_peak_mb": manifest.get("peak_memory_mb"),
     }
+
+
+def train_seconds(manifest: Mapping[str, Any]) -> float | None:
+    """Training time of a stage: its loop's clock where it has one, else its wall time."""
+    metrics = manifest.get("metrics", {})
+    if "train_time_s" in metrics:
+        return metrics["train_time_s"]
+    if metrics.get("epochs"):
+        return round(sum(epoch["train_time_s"] for epoch in metrics["epochs"]), 2)
+    return manifest.get("wall_time_s")
 
 
 def _cell(mean: float, std: float) -> str:

@@ -8,7 +8,7 @@ import pytest
 from cprec_recbole.cli import main
 from cprec_recbole.config import PROPERTIES
 from cprec_recbole.errors import ConfigError
-from cprec_recbole.experiments import load_experiment, overrides_for, paired_test
+from cprec_recbole.experiments import load_experiment, overrides_for, paired_test, train_seconds
 from tests.conftest import TINY_SIZES
 
 MODELS = [
@@ -79,6 +79,17 @@ def test_paired_t_test_on_identical_hits_reports_no_significance():
     better = pd.Series([1.0] * 30 + [0.0] * 10, index=range(40))
     worse = pd.Series([0.0] * 30 + [0.0] * 10, index=range(40))
     assert paired_test(better, worse) < 0.05
+
+
+def test_training_time_counts_every_process_of_a_resumed_stage():
+    resumed_cpt = {"wall_time_s": 2271.0, "metrics": {"train_time_s": 3289.1}}
+    resumed_sft = {
+        "wall_time_s": 1555.7,
+        "metrics": {"epochs": [{"train_time_s": 3000.0}, {"train_time_s": 696.8}]},
+    }
+    assert train_seconds(resumed_cpt) == 3289.1
+    assert train_seconds(resumed_sft) == 3696.8
+    assert train_seconds({"wall_time_s": 12.5, "metrics": {"best_valid_score": 0.3}}) == 12.5
 
 
 EXPERIMENT_PLUGIN = """
