@@ -244,26 +244,35 @@ def run_experiment(
     return folder
 
 
-def cost_of(folder: Path) -> dict[str, float]:
-    """Training and inference wall time and peak memory, from the stage manifests.
-
-    An LLM's training time is its loop's (the sum of SFT's epochs), which counts every process a
-    resumed stage took; the manifest's ``wall_time_s`` covers only the one that finished it."""
+def cost_of(folder: Path) -> dict[str, float | None]:
+    """Training and inference wall time and peak memory, from the stage manifests: an LLM's
+    training is its SFT (the paper's Table 7), its CPT apart; a zero-shot LLM trains nothing."""
     manifest = read_manifest(folder) or {}
-    keys = manifest.get("config", {})  # the stage keys; an LLM's name its SFT stage
-    sft = keys.get("sft_stage")
-    train = (read_manifest(folder.parent.parent / "sft" / sft) if sft else manifest) or {}
+    train, cpt = manifest, {}  # an ID or text model trains and tests in one stage
+    if manifest.get("stage") == "eval":
+        keys = manifest["config"]
+        cpt, train = (_stage(folder.parent.parent, name, keys) for name in ("cpt", "sft"))
     results = json.loads((folder / "results.json").read_text())
     return {
         "train_s": train_seconds(train),
         "train_peak_mb": train.get("peak_memory_mb"),
+        "cpt_s": train_seconds(cpt),
         "eval_s": results.get("eval_time_s"),
         "eval_peak_mb": manifest.get("peak_memory_mb"),
     }
 
 
-def train_seconds(manifest: Mapping[str, Any]) -> float | None:
-    """Training time of a stage: its loop's clock where it has one, else its wall time."""
+def _stage(stages: Path, name: str, keys: Mapping[str, Any]) -> dict:
+    """The manifest of the ``name`` stage an evaluation used (``{name}_stage``), or {}."""
+    found = keys.get(f"{name}_stage")
+    return (read_manifest(stages / name / found) if found else None) or {}
+
+
+def train_seconds(manifest: Mapping[str, Any] | None) -> float | None:
+    """Training time of a stage: its loop's clock, which counts every process a resumed stage
+    took, where it has one (SFT: the sum of its epochs), else the manifest's wall time."""
+    if not manifest:
+        return None
     metrics = manifest.get("metrics", {})
     if "train_time_s" in metrics:
         return metrics["train_time_s"]
@@ -323,7 +332,7 @@ def _buckets(rows: pd.DataFrame) -> str:
 
 
 def _cost(rows: pd.DataFrame) -> str:
-    columns = ["train_s", "train_peak_mb", "eval_s", "eval_peak_mb"]
+    columns = ["train_s", "train_peak_mb", "cpt_s", "eval_s", "eval_peak_mb"]
     table = rows.groupby("arm", sort=False)[columns].mean().reset_index()
     return markdown_table(table, ".1f")
 

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 import pytest
 
 from cprec_recbole.cli import main
 from cprec_recbole.config import PROPERTIES
 from cprec_recbole.errors import ConfigError
-from cprec_recbole.experiments import load_experiment, overrides_for, paired_test, train_seconds
+from cprec_recbole.experiments import (
+    cost_of,
+    load_experiment,
+    overrides_for,
+    paired_test,
+    train_seconds,
+)
 from tests.conftest import TINY_SIZES
 
 MODELS = [
@@ -90,6 +98,37 @@ def test_training_time_counts_every_process_of_a_resumed_stage():
     assert train_seconds(resumed_cpt) == 3289.1
     assert train_seconds(resumed_sft) == 3696.8
     assert train_seconds({"wall_time_s": 12.5, "metrics": {"best_valid_score": 0.3}}) == 12.5
+
+
+def _stage(folder, manifest, results=None):
+    folder.mkdir(parents=True)
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    if results is not None:
+        (folder / "results.json").write_text(json.dumps(results))
+    return folder
+
+
+def test_cost_of_an_llm_is_its_sft_with_its_cpt_apart(tmp_path):
+    _stage(tmp_path / "cpt" / "c1", {"stage": "cpt", "metrics": {"train_time_s": 50.0}})
+    sft = {"stage": "sft", "peak_memory_mb": 7.0, "metrics": {"epochs": [{"train_time_s": 9.0}]}}
+    _stage(tmp_path / "sft" / "s1", sft)
+    evaluation = {"stage": "eval", "peak_memory_mb": 3.0}
+    cprec = {**evaluation, "config": {"cpt_stage": "c1", "sft_stage": "s1"}}
+    cpt_only = {**evaluation, "config": {"cpt_stage": "c1", "sft_stage": None}}
+    zero_shot = {**evaluation, "config": {"cpt_stage": None, "sft_stage": None}}
+    sasrec = {"stage": "rec_model", "wall_time_s": 4.0, "peak_memory_mb": 1.0}
+    found = {
+        name: cost_of(_stage(tmp_path / "eval" / name, manifest, {"eval_time_s": 2.0}))
+        for name, manifest in [("cprec", cprec), ("cpt_only", cpt_only), ("zero", zero_shot)]
+    }
+    found["sasrec"] = cost_of(_stage(tmp_path / "rec_model" / "r1", sasrec, {}))
+    assert {name: (c["train_s"], c["cpt_s"]) for name, c in found.items()} == {
+        "cprec": (9.0, 50.0),
+        "cpt_only": (None, 50.0),
+        "zero": (None, None),
+        "sasrec": (4.0, None),
+    }
+    assert found["cprec"]["train_peak_mb"] == 7.0 and found["cprec"]["eval_s"] == 2.0
 
 
 EXPERIMENT_PLUGIN = """
