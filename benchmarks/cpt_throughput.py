@@ -23,7 +23,9 @@ the fraction of that matmul rate training reaches, the 10 ops with the most self
 ``torch.profiler`` (``--profile`` micro-batches; 0 skips), and the whole CPT plan's padding at
 micro-batch 4/8/16 (token counts only, no training). ``--variants=1`` adds measured rows that
 change one thing: grouping or autocast alone, ``lora_dropout=0.1``, LoRA weights in the compute
-dtype (pure bf16: not shipped, Adam on bf16 weights rounds away small updates), micro-batch 8.
+dtype (pure bf16: not shipped, Adam on bf16 weights rounds away small updates), micro-batch 8;
+and naive at LLaRA's ``lora_dropout=0.1`` (how SFT trained before the cpu profile), printed as a
+second ratio: the shipped cpu profile over that.
 ``--pause_pid=PID`` stops that process (a training run sharing the CPU) during each timed
 measurement and resumes it after.
 Writes benchmarks/results/cpt-throughput-<backbone>.json (``--results_dir`` moves it); any other
@@ -60,6 +62,8 @@ from harness import configure
 
 #: peft's default precision: fp32 adapters, every adapter input cast up (the naive rows)
 PEFT_PRECISION = {"autocast": False}
+LLARA_DROPOUT = {"lora_dropout": 0.1}
+LLARA_NAIVE = "naive + lora_dropout=0.1 (LLaRA's)"
 KNOBS = {"samples": 64, "variants": 0, "profile": 3, "matmul_repeats": 20, "pause_pid": 0}
 FLOPS_FORMULA = (
     "(4*N_frozen + 6*N_lora)*B*T + 12*L*d_q*B*T^2 + 4*d*V*B*k per micro-batch of B rows padded "
@@ -364,10 +368,11 @@ def variant_rows(
     return [
         measure(s, "length_grouped, autocast off", grouped, plain),
         measure(s, "random order, autocast on", random_micro_batches(ids, micro, seed)),
-        measure(s, "shipped + lora_dropout=0.1", grouped, {"lora_dropout": 0.1}),
+        measure(s, "shipped + lora_dropout=0.1", grouped, LLARA_DROPOUT),
         measure(s, "shipped + LoRA weights in compute dtype", grouped, plain, True),
         measure(s, "naive, micro 8", random_micro_batches(ids, 8, seed), plain),
         measure(s, "shipped, micro 8", grouped8),
+        measure(s, LLARA_NAIVE, random_micro_batches(ids, micro, seed), LLARA_DROPOUT | plain),
     ]
 
 
@@ -433,6 +438,9 @@ def main(argv: list[str]) -> dict:
         )
     if knobs["variants"]:
         out["variants"] = variant_rows(s, ids, estimate, micro, seed)
+        out["ratio_shipped_over_naive_at_llara_dropout"] = round(
+            shipped["real_tokens_per_s"] / out["variants"][-1]["real_tokens_per_s"], 2
+        )
     write_json(results / f"cpt-throughput-{config['llm_backbone']}.json", out)
     print_table(out)
     return json.loads(json.dumps(out, sort_keys=True, default=str))
@@ -449,6 +457,9 @@ def print_table(out: dict) -> None:
     print(
         f"ratio shipped/naive (real tokens/s): {out['ratio_shipped_over_naive_real_tokens_per_s']:.2f}x"
     )
+    if "ratio_shipped_over_naive_at_llara_dropout" in out:
+        ratio = out["ratio_shipped_over_naive_at_llara_dropout"]
+        print(f"ratio shipped/{LLARA_NAIVE} (real tokens/s): {ratio:.2f}x")
     for dtype, m in out["matmul_gflops_per_s"].items():
         print(f"matmul {dtype}: {m['per_shape']} GFLOP/s; decoder-layer mix {m['layer']} GFLOP/s")
     f = out["fraction_of_matmul_rate"]

@@ -132,7 +132,9 @@ def test_cpt_throughput_benchmark_runs_both_modes_and_variants_on_tiny_random(cp
     assert shipped["padded_tokens"] <= naive["padded_tokens"]
     assert out["ratio_shipped_over_naive_real_tokens_per_s"] > 0
     assert len(out["profile"]["top_ops"]) == 10
-    assert [v["micro_batch_size"] for v in out["variants"]] == [4, 4, 4, 4, 8, 8]
+    assert [v["micro_batch_size"] for v in out["variants"]] == [4, 4, 4, 4, 8, 8, 4]
+    assert out["variants"][-1]["real_tokens"] == naive["real_tokens"]
+    assert out["ratio_shipped_over_naive_at_llara_dropout"] > 0
     assert set(out["plan_padding"]["by_micro_batch_size"]) == {"4", "8", "16"}
     written = json.loads((tmp_path / "results" / "cpt-throughput-tiny-random.json").read_text())
     assert written == out
