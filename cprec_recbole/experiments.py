@@ -140,6 +140,18 @@ def per_user_hits(folders: list[Path], k: int = 1) -> pd.Series:
     return pd.concat(hits, axis=1).mean(axis=1)
 
 
+def shared_hr1(hits: Mapping[str, pd.Series]) -> pd.Series | None:
+    """HR@1 of each arm on the users every arm scored, where the arms scored different users
+    (``--eval_users`` samples the LLM arms' users; ID models score all): None where all agree."""
+    shared = set.intersection(*(set(h.index) for h in hits.values()))
+    if all(len(h) == len(shared) for h in hits.values()):
+        return None
+    users = sorted(shared)
+    return pd.Series(
+        {arm: h[users].mean() for arm, h in hits.items()}, name=f"hr@1 ({len(users)} shared users)"
+    )
+
+
 def paired_test(best: pd.Series, other: pd.Series) -> float:
     """p of the paired t-test of per-user hits; 1.0 where the two never differ."""
     users = best.index.intersection(other.index)
@@ -230,6 +242,9 @@ def run_experiment(
     hits = {
         a: per_user_hits([Path(f) for f in table.loc[table["arm"] == a, "folder"]]) for a in arms
     }
+    shared = shared_hr1(hits)
+    if shared is not None:
+        summary[shared.name] = shared
     best = summary["hr@1 mean"].idxmax()
     summary["p vs best (hits@1)"] = [
         paired_test(hits[best], hits[a]) if a != best else None for a in arms
@@ -298,7 +313,8 @@ def render_report(
 ) -> str:
     """report.md: the paper-style table (mean ± std over seeds, best in bold, p vs best)."""
     metrics = [m for m in experiment.metrics if f"{m} mean" in summary.columns]
-    header = ["model", *metrics, "seeds", "p vs best"]
+    extra = [c for c in summary.columns if c.startswith("hr@1 (")]  # see shared_hr1
+    header = ["model", *metrics, *extra, "seeds", "p vs best"]
     lines = [
         f"# Experiment `{experiment.name}` on {dataset}",
         "",
@@ -316,6 +332,7 @@ def render_report(
     for arm, row in summary.iterrows():
         p = row["p vs best (hits@1)"]
         cells = [_cell(row[f"{m} mean"], row[f"{m} std"]) for m in metrics]
+        cells += [f"{row[c]:.4f}" for c in extra]
         mark = "-" if p is None or pd.isna(p) else f"{p:.3g}{' *' if p < 0.05 else ''}"
         name = f"**{arm}**" if arm == best else arm
         lines.append("| " + " | ".join([name, *cells, str(int(row["seeds"])), mark]) + " |")

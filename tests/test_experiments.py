@@ -15,6 +15,7 @@ from cprec_recbole.experiments import (
     load_experiment,
     overrides_for,
     paired_test,
+    shared_hr1,
     train_seconds,
 )
 from tests.conftest import TINY_SIZES
@@ -87,6 +88,15 @@ def test_paired_t_test_on_identical_hits_reports_no_significance():
     better = pd.Series([1.0] * 30 + [0.0] * 10, index=range(40))
     worse = pd.Series([0.0] * 30 + [0.0] * 10, index=range(40))
     assert paired_test(better, worse) < 0.05
+
+
+def test_arms_scored_on_different_users_are_also_compared_on_the_shared_ones():
+    every_user = pd.Series([1.0, 1.0, 0.0, 0.0], index=[1, 2, 3, 4])
+    sampled = pd.Series([1.0, 0.0], index=[3, 4])
+    shared = shared_hr1({"SASRec": every_user, "LLaRA": sampled})
+    assert shared.name == "hr@1 (2 shared users)"
+    assert shared.to_dict() == {"SASRec": 0.0, "LLaRA": 0.5}
+    assert shared_hr1({"SASRec": every_user, "GRU4Rec": every_user * 0}) is None
 
 
 def test_training_time_counts_every_process_of_a_resumed_stage():
