@@ -438,8 +438,9 @@ def main(argv: list[str]) -> dict:
         )
     if knobs["variants"]:
         out["variants"] = variant_rows(s, ids, estimate, micro, seed)
+        llara = next(v for v in out["variants"] if v["mode"] == LLARA_NAIVE)
         out["ratio_shipped_over_naive_at_llara_dropout"] = round(
-            shipped["real_tokens_per_s"] / out["variants"][-1]["real_tokens_per_s"], 2
+            shipped["real_tokens_per_s"] / llara["real_tokens_per_s"], 2
         )
     write_json(results / f"cpt-throughput-{config['llm_backbone']}.json", out)
     print_table(out)

@@ -278,7 +278,8 @@ def cost_of(folder: Path) -> dict[str, float | None]:
 
 
 def _stage(stages: Path, name: str, keys: Mapping[str, Any]) -> dict:
-    """The manifest of the ``name`` stage an evaluation used (``{name}_stage``), or {}."""
+    """The manifest of the ``name`` stage an evaluation used (``{name}_stage``), or {}: also for
+    SFT from an intermediate CPT checkpoint (``<hash>/samples-N``), whose time no manifest holds."""
     found = keys.get(f"{name}_stage")
     return (read_manifest(stages / name / found) if found else None) or {}
 
