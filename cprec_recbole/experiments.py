@@ -261,15 +261,20 @@ def run_experiment(
 
 def cost_of(folder: Path) -> dict[str, float | None]:
     """Training and inference wall time and peak memory, from the stage manifests: an LLM's
-    training is its SFT (the paper's Table 7), its CPT apart; a zero-shot LLM trains nothing."""
+    training is its SFT (the paper's Table 7 gives it per epoch), its CPT apart; a zero-shot LLM
+    trains nothing. An ID or text model trains and tests in one stage (one peak for both)."""
     manifest = read_manifest(folder) or {}
-    train, cpt = manifest, {}  # an ID or text model trains and tests in one stage
+    results = json.loads((folder / "results.json").read_text())
+    train, cpt, epochs = manifest, {}, results.get("epochs")
     if manifest.get("stage") == "eval":
         keys = manifest["config"]
         cpt, train = (_stage(folder.parent.parent, name, keys) for name in ("cpt", "sft"))
-    results = json.loads((folder / "results.json").read_text())
+        epochs = len(train.get("metrics", {}).get("epochs", [])) or None
+    train_s = train_seconds(train)
     return {
-        "train_s": train_seconds(train),
+        "train_s": train_s,
+        "epochs": epochs,
+        "train_s_per_epoch": round(train_s / epochs, 1) if train_s and epochs else None,
         "train_peak_mb": train.get("peak_memory_mb"),
         "cpt_s": train_seconds(cpt),
         "eval_s": results.get("eval_time_s"),
@@ -340,19 +345,30 @@ def render_report(
     if experiment.report == "buckets":
         lines += ["", "Test HR@1 by history length (mean over seeds):", "", _buckets(rows)]
     if experiment.report == "cost":
-        lines += ["", "Cost per run (mean over seeds):", "", _cost(rows)]
+        lines += ["", "Cost per run (mean over seeds):", "", cost_table(rows)]
     return "\n".join(lines) + "\n"
 
 
 def _buckets(rows: pd.DataFrame) -> str:
     columns = [c for c in rows.columns if c.startswith("hr@1[")]
-    return markdown_table(rows.groupby("arm", sort=False)[columns].mean().reset_index())
+    return markdown_table(rows.groupby("arm", sort=False)[columns].mean().reset_index(), ".4f")
 
 
-def _cost(rows: pd.DataFrame) -> str:
-    columns = ["train_s", "train_peak_mb", "cpt_s", "eval_s", "eval_peak_mb"]
-    table = rows.groupby("arm", sort=False)[columns].mean().reset_index()
-    return markdown_table(table, ".1f")
+COST_COLUMNS = {
+    "epochs": "epochs",
+    "train_s_per_epoch": "training s / epoch",
+    "train_peak_mb": "training peak MB",
+    "cpt_s": "CPT s",
+    "eval_s": "inference s",
+    "eval_peak_mb": "inference peak MB",
+}
+
+
+def cost_table(rows: pd.DataFrame) -> str:
+    """The paper's Table 7 layout; '-' where a stage does not exist or predates its timer."""
+    table = rows[list(COST_COLUMNS)].astype(float).groupby(rows["arm"], sort=False).mean()
+    cells = table.map(lambda v: "-" if pd.isna(v) else f"{v:,.{0 if v == int(v) else 1}f}")
+    return markdown_table(cells.reset_index().rename(columns=COST_COLUMNS))
 
 
 def figure(summary: pd.DataFrame, path: Path, title: str, kind: str) -> None:

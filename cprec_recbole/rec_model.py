@@ -67,7 +67,9 @@ def _train(model_cls: type, config: dict, data: PreparedData, folder: Path) -> d
     show = bool(config.get("show_progress", True))
     trainer.fit(train_data, valid, saved=True, show_progress=show)
     train_time = time.time() - start
+    start = time.time()
     test_result = trainer.evaluate(test, load_best_model=True, show_progress=show)
+    eval_time = time.time() - start
     pd.DataFrame(
         {"user_id": test.user_ids, "rank": trainer.last_ranks, "history_len": test.item_seq_len}
     ).to_csv(folder / "test_ranks.tsv", sep="\t", index=False)
@@ -78,6 +80,8 @@ def _train(model_cls: type, config: dict, data: PreparedData, folder: Path) -> d
         "test": test_result,
         "candidates_sha256": data.candidate_digests(),
         "train_time_s": round(train_time, 1),
+        "epochs": len(trainer.train_loss_dict),
+        "eval_time_s": round(eval_time, 1),
         "peak_memory_mb": peak_memory_mb(),
     }
     write_results(folder, results)

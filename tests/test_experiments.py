@@ -12,6 +12,7 @@ from cprec_recbole.config import PROPERTIES
 from cprec_recbole.errors import ConfigError
 from cprec_recbole.experiments import (
     cost_of,
+    cost_table,
     load_experiment,
     overrides_for,
     paired_test,
@@ -131,14 +132,23 @@ def test_cost_of_an_llm_is_its_sft_with_its_cpt_apart(tmp_path):
         name: cost_of(_stage(tmp_path / "eval" / name, manifest, {"eval_time_s": 2.0}))
         for name, manifest in [("cprec", cprec), ("cpt_only", cpt_only), ("zero", zero_shot)]
     }
-    found["sasrec"] = cost_of(_stage(tmp_path / "rec_model" / "r1", sasrec, {}))
-    assert {name: (c["train_s"], c["cpt_s"]) for name, c in found.items()} == {
-        "cprec": (9.0, 50.0),
-        "cpt_only": (None, 50.0),
-        "zero": (None, None),
-        "sasrec": (4.0, None),
+    id_results = {"epochs": 8, "eval_time_s": 0.5}
+    found["sasrec"] = cost_of(_stage(tmp_path / "rec_model" / "r1", sasrec, id_results))
+    found["old"] = cost_of(_stage(tmp_path / "rec_model" / "r0", sasrec, {}))  # no epoch count
+    columns = ("train_s", "epochs", "train_s_per_epoch", "cpt_s", "eval_s")
+    assert {name: tuple(c[k] for k in columns) for name, c in found.items()} == {
+        "cprec": (9.0, 1, 9.0, 50.0, 2.0),
+        "cpt_only": (None, None, None, 50.0, 2.0),
+        "zero": (None, None, None, None, 2.0),
+        "sasrec": (4.0, 8, 0.5, None, 0.5),
+        "old": (4.0, None, None, None, None),
     }
-    assert found["cprec"]["train_peak_mb"] == 7.0 and found["cprec"]["eval_s"] == 2.0
+    assert found["cprec"]["train_peak_mb"] == 7.0
+    rows = pd.DataFrame([{"arm": name, **cost} for name, cost in found.items()])
+    table = cost_table(rows).splitlines()
+    assert table[0].startswith("| arm | epochs | training s / epoch | training peak MB | CPT s |")
+    assert table[2] == "| cprec | 1 | 9 | 7 | 50 | 2 | 3 |"
+    assert table[5] == "| sasrec | 8 | 0.5 | 1 | - | 0.5 | 1 |"
 
 
 EXPERIMENT_PLUGIN = """

@@ -40,6 +40,7 @@ def test_sasrec_checkpoint_reloads_from_disk_and_reproduces_its_test_metrics(
     reloaded = trainer.evaluate(test, load_best_model=True, model_file=folder / "model.pth")
     assert reloaded == results["test"]
     assert "state_dict" in load_checkpoint(folder / "model.pth")
+    assert results["epochs"] == 2 and results["eval_time_s"] >= 0  # the cost report's columns
 
 
 def test_sasrec_learns_a_sequential_pattern_far_above_random(tiny_overrides):
