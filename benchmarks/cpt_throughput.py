@@ -57,6 +57,7 @@ from cprec_recbole.llm.cpt import cpt_plan, length_grouped, sample_lengths, vari
 from cprec_recbole.llm.loop import adam, mixed_precision
 from cprec_recbole.llm.prompts import answer_text
 from cprec_recbole.llm.sft import answer_loss, answer_span, load_trainable_state, trainable_state
+from cprec_recbole.stages import machine
 
 from harness import configure
 
@@ -412,6 +413,7 @@ def main(argv: list[str]) -> dict:
         "backbone": config["llm_backbone"],
         "dtype": str(s.base.dtype).removeprefix("torch."),
         "threads": torch.get_num_threads(),
+        "machine": machine(),
         "load_average_before": os.getloadavg()[0],
         "lora_layers": config.get("lora_layers"),
         "lora_dropout": float(config.get("lora_dropout", 0.1)),

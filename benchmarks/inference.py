@@ -21,6 +21,7 @@ from dataclasses import replace
 from cprec_recbole.evaluation import INVALID, UNRANKED
 from cprec_recbole.io import write_json
 from cprec_recbole.llm.inference import EvalOutput, output_metrics
+from cprec_recbole.stages import machine
 
 from harness import setup
 
@@ -47,6 +48,7 @@ def main(argv: list[str]) -> dict:
         "users": len(samples),
         "rounds": int(config["eval_rounds"]),
         "prompt_template": config["prompt_template"],
+        "machine": machine(),
     }
     runs = [("generate", "generate", {}), ("score", "score", {})]
     whole = {"score_rule": "mean", "score_max_tokens": None}

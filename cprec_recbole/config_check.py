@@ -92,7 +92,9 @@ SIZE = Number(0, integer=True)  # 0 allowed
 CAP = Number(0, integer=True, nullable=True)  # null: no cap / all
 #: Type and range of the keys whose value a wrong number would silently break.
 RULES: dict[str, Number | Choice] = {
-    **dict.fromkeys(["learning_rate", "eta_l", "eta_h", "lora_alpha"], POSITIVE),
+    **dict.fromkeys(
+        ["learning_rate", "text_encoder_learning_rate", "eta_l", "eta_h", "lora_alpha"], POSITIVE
+    ),
     "max_grad_norm": Number(0, lo_open=True, nullable=True),
     "projector_decay": Number(0),
     **dict.fromkeys(["warmup_ratio", "min_lr_ratio"], FRACTION),

@@ -13,6 +13,7 @@ import fcntl
 import hashlib
 import json
 import logging
+import os
 import platform
 import resource
 import shutil
@@ -35,13 +36,53 @@ def config_hash(keys: Mapping[str, Any]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
+#: The packages whose versions can change a stage's numbers (kernels, tokenization, LoRA).
+VERSIONED = (
+    "cprec-recbole",
+    "recbole",
+    "torch",
+    "transformers",
+    "peft",
+    "accelerate",
+    "tokenizers",
+    "safetensors",
+    "numpy",
+    "scipy",
+    "pandas",
+)
+#: CPU features that decide which matmul kernels run (AMX makes bf16 matmuls ~4x faster).
+CPU_FLAGS = ("amx_bf16", "avx512_bf16", "avx512f", "avx2")
+
+
 def versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
-    for package in ("cprec-recbole", "recbole", "torch", "transformers", "peft", "numpy", "pandas"):
+    for package in VERSIONED:
         try:
             out[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
             pass
+    return out
+
+
+def machine() -> dict[str, Any]:
+    """The CPU (model, cores, kernel-deciding flags), the ISA torch and oneDNN were allowed, and
+    any GPU: what a wall time or a learned number depends on beyond the package versions."""
+    import torch
+
+    cpuinfo = Path("/proc/cpuinfo")
+    first = cpuinfo.read_text().split("\n\n")[0] if cpuinfo.is_file() else ""  # processor 0
+    pairs = (line.split(":", 1) for line in first.splitlines() if ":" in line)
+    fields = {key.strip(): value.strip() for key, value in pairs}
+    flags = set(fields.get("flags", "").split())
+    out = {
+        "cpu": fields.get("model name") or platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "cpu_flags": [flag for flag in CPU_FLAGS if flag in flags],
+        "aten_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA", "unset"),
+    }
+    if torch.cuda.is_available():
+        out["gpu"] = torch.cuda.get_device_name()
     return out
 
 
@@ -142,6 +183,7 @@ def _build(
             "config": dict(keys),
             "run_config": dict(config),
             "versions": versions(),
+            "machine": machine(),
             "metrics": dict(metrics),
             "wall_time_s": round(time.time() - start, 2),
             "peak_memory_mb": peak_memory_mb(),

@@ -60,6 +60,14 @@ class CandidateTrainer(Trainer):
         self.bucket_edges = bucket_edges
         self.last_ranks: np.ndarray | None = None
 
+    def _build_optimizer(self, **kwargs):
+        """RecBole's optimizer; a model with ``parameter_groups(learning_rate)`` (MoRec end to
+        end: the text encoder at its own rate) gets torch's parameter groups."""
+        groups = getattr(self.model, "parameter_groups", None)
+        if groups is not None and "params" not in kwargs:
+            kwargs["params"] = groups(kwargs.get("learning_rate", self.learning_rate))
+        return super()._build_optimizer(**kwargs)
+
     def _save_checkpoint(self, epoch, verbose=True, **kwargs):
         """RecBole's checkpoint, written to a temp file and renamed (never half-written)."""
         target = kwargs.pop("saved_model_file", self.saved_model_file)

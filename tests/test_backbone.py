@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -100,9 +99,7 @@ def test_tiny_random_is_small_and_leaves_the_global_rng_alone(plugins):
     torch.manual_seed(123)
     expected = torch.rand(3)
     torch.manual_seed(123)
-    start = time.perf_counter()
     model, tokenizer = load_backbone(tiny_config(), plugins, CORPUS)
-    assert time.perf_counter() - start < 2.0
     assert torch.equal(torch.rand(3), expected)
     assert sum(p.numel() for p in model.parameters()) < 3_000_000
     assert model.config.vocab_size == len(tokenizer)

@@ -29,7 +29,13 @@ def test_sasrec_checkpoint_reloads_from_disk_and_reproduces_its_test_metrics(
     assert caplog.text.count("config of this run:") == 1 and "\nhidden_size: 16\n" in caplog.text
     manifests = [folder / "manifest.json", *Path(config["output_dir"]).glob("data/*/manifest.json")]
     for manifest in manifests:  # every stage keeps the config of the run that built it
-        assert json.loads(manifest.read_text())["run_config"] == config
+        built = json.loads(manifest.read_text())
+        assert built["run_config"] == config
+        # ... and what its numbers depend on beyond the config: package versions, the CPU's ISA
+        assert {"torch", "transformers", "peft", "accelerate", "tokenizers"} <= set(
+            built["versions"]
+        )
+        assert built["machine"]["cpu"] and built["machine"]["aten_cpu_capability"]
     data = prepare(config, plugins)
     model_cls = plugins.models.get("SASRec")
     rb_config = recbole_config(model_cls, config, data, folder / "reload")

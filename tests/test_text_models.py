@@ -90,9 +90,12 @@ def test_text_model_learns_the_walks_and_shares_candidates_and_text(
 
 
 def test_morec_end_to_end_trains_the_top_encoder_block_only(tmp_path, tiny_base):
+    """At lr 1e-2 for the recommender and MoRec's 1e-4 for the encoder block, test HR@1 was
+    0.65-0.83 over seeds 1-4 and 2020 (0.72 under avx2 kernels); with the block at 3e-3 too
+    (one rate, as before ``text_encoder_learning_rate``) it ranged 0.0-0.68 by seed and CPU."""
     data = word_titles(tmp_path)
-    overrides = {**tiny_base, "data_path": str(data), **TINY_SIZES["SASRec"], "epochs": 20}
-    overrides.update(text_encoder_trainable_layers=1, text_encoder_chunk=7, learning_rate=3e-3)
+    overrides = {**tiny_base, "data_path": str(data), **TINY_SIZES["SASRec"], "epochs": 30}
+    overrides.update(text_encoder_trainable_layers=1, text_encoder_chunk=7, learning_rate=1e-2)
     result = run("MoRec", "Tiny", overrides=overrides)
     assert result["test"]["hr@1"] > 0.3  # random: 1/20
     state = load_checkpoint(Path(result["folder"]) / "model.pth")["state_dict"]

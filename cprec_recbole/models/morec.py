@@ -151,6 +151,7 @@ class MoRec(SASRec):
 
     def __init__(self, config: Config, dataset: Dataset) -> None:
         super().__init__(config, dataset)
+        self.encoder_learning_rate = float(config["text_encoder_learning_rate"])
         if config["text_encoder_trainable_layers"]:
             self.item_embedding = encoder_embedding(config, dataset, self.hidden_size)
         else:
@@ -158,6 +159,19 @@ class MoRec(SASRec):
                 dataset_text(config, dataset), self.hidden_size, config["projection_dropout"]
             )
         self.item_embedding.project.apply(self._init_weights)
+
+    def parameter_groups(self, learning_rate: float) -> list[dict]:
+        """The trainable encoder blocks at ``text_encoder_learning_rate``, the rest at the
+        recommender's rate: fine-tuned at 1e-3, one MiniLM block maps every title to nearly the
+        same vector within a few epochs on a toy (test HR@1 0.0 to 0.68 by seed), as pretrained
+        encoders are fine-tuned at ~1e-4 elsewhere (MoRec, BERT)."""
+        encoder = getattr(self.item_embedding, "encoder", None)
+        if encoder is None:
+            return [{"params": list(self.parameters())}]
+        ids = {id(p) for p in encoder.parameters()}
+        rest = [p for p in self.parameters() if id(p) not in ids]
+        blocks = [p for p in encoder.parameters() if p.requires_grad]
+        return [{"params": rest}, {"params": blocks, "lr": self.encoder_learning_rate}]
 
     def _one_table(self):
         embedding = self.item_embedding
