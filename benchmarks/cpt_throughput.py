@@ -8,7 +8,9 @@ the config's CPT settings (backbone, LoRA, ``max_title_tokens``, ``cpt_micro_bat
 naive: the samples in random order cut into micro-batches, each padded to its longest row (a
 shuffling DataLoader with a padding collator), in peft's default precision (LoRA weights fp32,
 every adapter input cast up to fp32 and back); shipped: :func:`length_grouped` micro-batches in the
-loop's ``mixed_precision`` (``autocast: true``: adapter matmuls in bf16 on fp32 weights). Every
+loop's ``mixed_precision`` (``autocast: true``: adapter matmuls in bf16 on fp32 weights) with the
+config's ``compile`` (the cpu profile: the decoder under ``torch.compile``); eager: the same
+without compiling (what shipped until session 13), printed as the ratio shipped / eager. Every
 micro-batch: encode, forward, answer-only loss, backward, an Adam step over LoRA. Each mode
 starts from the same fresh LoRA state and runs one untimed warm-up micro-batch first.
 
@@ -54,7 +56,7 @@ from cprec_recbole.io import write_json
 from cprec_recbole.llm.backbone import add_lora, load_backbone
 from cprec_recbole.llm.batching import encode_batch, prompt_lengths, prompt_titles
 from cprec_recbole.llm.cpt import cpt_plan, length_grouped, sample_lengths, variant_order
-from cprec_recbole.llm.loop import adam, mixed_precision
+from cprec_recbole.llm.loop import CompiledDecoder, adam, mixed_precision
 from cprec_recbole.llm.prompts import answer_text
 from cprec_recbole.llm.sft import answer_loss, answer_span, load_trainable_state, trainable_state
 from cprec_recbole.stages import machine
@@ -62,7 +64,9 @@ from cprec_recbole.stages import machine
 from harness import configure
 
 #: peft's default precision: fp32 adapters, every adapter input cast up (the naive rows)
-PEFT_PRECISION = {"autocast": False}
+PEFT_PRECISION = {"autocast": False, "compile": False}
+#: the step shipped until session 13: grouped + autocast, eager
+EAGER = {"compile": False}
 LLARA_DROPOUT = {"lora_dropout": 0.1}
 LLARA_NAIVE = "naive + lora_dropout=0.1 (LLaRA's)"
 KNOBS = {"samples": 64, "variants": 0, "profile": 3, "matmul_repeats": 20, "pause_pid": 0}
@@ -204,13 +208,13 @@ def lora_model(s: Setup, overrides: dict, lora_in_compute_dtype: bool):
     return model
 
 
-def step(s: Setup, model, optimizer, ids: list[int], autocast: bool):
-    """One micro-batch: encode, forward (in the loop's mixed precision), answer-only loss,
-    backward, Adam step."""
+def step(s: Setup, model, optimizer, ids: list[int], autocast: bool, compiled: CompiledDecoder):
+    """One micro-batch: encode, forward (in the loop's mixed precision, compiled where the mode
+    says), answer-only loss, backward, Adam step."""
     batch = encode_batch(
         s.tokenizer, s.template, s.corpus.samples(ids), s.titles, {}, "item", with_answer=True
     )
-    with mixed_precision(model, autocast):
+    with mixed_precision(model, autocast), compiled.active():
         loss = answer_loss(model, batch, None, None)
     loss.backward()
     optimizer.step()
@@ -223,6 +227,7 @@ def measure(s: Setup, name: str, micros, overrides=None, lora_in_compute_dtype=F
     overrides = overrides or {}
     autocast = bool(overrides.get("autocast", s.config["autocast"]))
     model = lora_model(s, overrides, lora_in_compute_dtype)
+    compiled = CompiledDecoder(model, bool(overrides.get("compile", s.config["compile"])))
     fresh = trainable_state(model, None)
     lr = float(s.config["eta_h"])
     dims = model_dims(model)
@@ -230,13 +235,15 @@ def measure(s: Setup, name: str, micros, overrides=None, lora_in_compute_dtype=F
     flops = np.zeros(2)
     losses = []
     with paused(s.pause_pid):
-        step(s, model, adam(model, None, lr), micros[0], autocast)
+        warm = time.perf_counter()  # the first micro-batch compiles, where the mode compiles
+        _, first_loss = step(s, model, adam(model, None, lr), micros[0], autocast, compiled)
+        warm = time.perf_counter() - warm
         load_trainable_state(model, None, fresh)
         optimizer = adam(model, None, lr)
         torch.manual_seed(int(s.config["cpt_seed"]))  # the same dropout masks in every mode
         start, cpu = time.perf_counter(), time.process_time()
         for ids in micros:
-            batch, loss = step(s, model, optimizer, ids, autocast)
+            batch, loss = step(s, model, optimizer, ids, autocast, compiled)
             losses.append(loss)
             mask = batch.attention_mask
             real, padded = real + int(mask.sum()), padded + mask.numel()
@@ -248,8 +255,21 @@ def measure(s: Setup, name: str, micros, overrides=None, lora_in_compute_dtype=F
     return {
         **rate_row(name, micro, seconds, real, padded, flops),
         "mean_loss": round(float(np.mean(losses)), 4),
+        "first_loss": round(first_loss, 5),  # from the same fresh LoRA state in every mode
+        "warmup_s": round(warm, 1),
         "cpu_share": round(cpu_share, 2),  # below ~0.9: another process took CPU meanwhile
     }
+
+
+def fp32_loss(s: Setup, ids: list[int]) -> float:
+    """The first micro-batch's loss from the fresh LoRA state with every weight in fp32: the
+    reference that tells bf16 rounding (eager or compiled) from a change of what is computed."""
+    model = lora_model(s, {}, False).float()
+    batch = encode_batch(
+        s.tokenizer, s.template, s.corpus.samples(ids), s.titles, {}, "item", with_answer=True
+    )
+    with torch.no_grad():
+        return round(float(answer_loss(model, batch, None, None)), 5)
 
 
 def profile_steps(s: Setup, micros, n: int) -> dict:
@@ -258,11 +278,12 @@ def profile_steps(s: Setup, micros, n: int) -> dict:
 
     model = lora_model(s, {}, False)
     optimizer = adam(model, None, float(s.config["eta_h"]))
+    compiled = CompiledDecoder(model, bool(s.config["compile"]))
     with paused(s.pause_pid):
-        step(s, model, optimizer, micros[0], s.config["autocast"])
+        step(s, model, optimizer, micros[0], s.config["autocast"], compiled)
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             for ids in micros[:n]:
-                step(s, model, optimizer, ids, s.config["autocast"])
+                step(s, model, optimizer, ids, s.config["autocast"], compiled)
     events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
     total = sum(e.self_cpu_time_total for e in events)
     top = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:10]
@@ -399,7 +420,9 @@ def main(argv: list[str]) -> dict:
         random_micro_batches(ids, micro, seed),
         PEFT_PRECISION,
     )
-    shipped = measure(s, "shipped (length_grouped)", length_grouped(ids, estimate, micro, seed))
+    grouped = length_grouped(ids, estimate, micro, seed)
+    eager = measure(s, "length_grouped + autocast, eager (shipped to session 12)", grouped, EAGER)
+    shipped = measure(s, "shipped (length_grouped, compile: config)", grouped)
     rows = round(shipped["padded_tokens"] / -(-len(ids) // micro))  # a micro-batch's B x T
     matmul = {
         dtype: matmul_rates(
@@ -422,7 +445,12 @@ def main(argv: list[str]) -> dict:
         "flops_formula": FLOPS_FORMULA,
         "dims": model_dims(lora_model(s, {}, False))._asdict(),
         "naive": naive,
+        "eager": eager,
         "shipped": shipped,
+        "ratio_shipped_over_eager_real_tokens_per_s": round(
+            shipped["real_tokens_per_s"] / eager["real_tokens_per_s"], 2
+        ),
+        "first_loss_fp32": fp32_loss(s, grouped[0]),
         "ratio_shipped_over_naive_real_tokens_per_s": round(
             shipped["real_tokens_per_s"] / naive["real_tokens_per_s"], 2
         ),
@@ -431,6 +459,7 @@ def main(argv: list[str]) -> dict:
         "fraction_of_matmul_rate": {
             "executed": round(shipped["executed_gflops_per_s"] / peak, 3),
             "useful": round(shipped["useful_gflops_per_s"] / peak, 3),
+            "eager_executed": round(eager["executed_gflops_per_s"] / peak, 3),
         },
         "plan_padding": plan_padding(s, order, phases, estimate),
     }
@@ -450,7 +479,7 @@ def main(argv: list[str]) -> dict:
 
 
 def print_table(out: dict) -> None:
-    rows = [out["naive"], out["shipped"], *out.get("variants", [])]
+    rows = [out["naive"], out["eager"], out["shipped"], *out.get("variants", [])]
     print(f"{'mode':<50}{'micro':>6}{'s':>8}{'real tok/s':>11}{'pad':>7}{'GFLOP/s':>9}{'cpu':>6}")
     for r in rows:
         print(
@@ -460,13 +489,23 @@ def print_table(out: dict) -> None:
     print(
         f"ratio shipped/naive (real tokens/s): {out['ratio_shipped_over_naive_real_tokens_per_s']:.2f}x"
     )
+    print(
+        f"ratio shipped/eager (real tokens/s): {out['ratio_shipped_over_eager_real_tokens_per_s']:.2f}x"
+    )
+    print(
+        f"first micro-batch loss: shipped {out['shipped']['first_loss']}, eager "
+        f"{out['eager']['first_loss']}, fp32 eager {out['first_loss_fp32']}"
+    )
     if "ratio_shipped_over_naive_at_llara_dropout" in out:
         ratio = out["ratio_shipped_over_naive_at_llara_dropout"]
         print(f"ratio shipped/{LLARA_NAIVE} (real tokens/s): {ratio:.2f}x")
     for dtype, m in out["matmul_gflops_per_s"].items():
         print(f"matmul {dtype}: {m['per_shape']} GFLOP/s; decoder-layer mix {m['layer']} GFLOP/s")
     f = out["fraction_of_matmul_rate"]
-    print(f"training reaches {f['executed']:.1%} (executed) / {f['useful']:.1%} (useful) of it")
+    print(
+        f"training reaches {f['executed']:.1%} (executed) / {f['useful']:.1%} (useful) of it; "
+        f"eager: {f['eager_executed']:.1%}"
+    )
     for micro, p in out["plan_padding"]["by_micro_batch_size"].items():
         print(
             f"whole plan, micro {micro}: padding naive {p['naive_padding_fraction']:.1%}, "

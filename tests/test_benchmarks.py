@@ -131,6 +131,10 @@ def test_cpt_throughput_benchmark_runs_both_modes_and_variants_on_tiny_random(cp
     assert naive["real_tokens"] == shipped["real_tokens"] > 0  # the same samples in both modes
     assert shipped["padded_tokens"] <= naive["padded_tokens"]
     assert out["ratio_shipped_over_naive_real_tokens_per_s"] > 0
+    assert out["eager"]["real_tokens"] == naive["real_tokens"]
+    assert out["ratio_shipped_over_eager_real_tokens_per_s"] > 0 and out["machine"]["cpu"]
+    # tiny-random is fp32: its eager loss is the fp32 reference's (the check bf16 runs are held to)
+    assert out["eager"]["first_loss"] == pytest.approx(out["first_loss_fp32"], rel=1e-4)
     assert len(out["profile"]["top_ops"]) == 10
     assert [v["micro_batch_size"] for v in out["variants"]] == [4, 4, 4, 4, 8, 8, 4]
     assert out["variants"][-1]["real_tokens"] == naive["real_tokens"]

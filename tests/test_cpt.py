@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from cprec_recbole.errors import ConfigError
 from cprec_recbole.llm.backbone import add_lora
 from cprec_recbole.llm.cpt import VARIANTS, cpt_plan, length_grouped, variant_order
-from cprec_recbole.llm.loop import Plan, TrainLoop, mixed_precision
+from cprec_recbole.llm.loop import Plan, TrainLoop, batch_steps, checkpoints, mixed_precision
 from cprec_recbole.llm.sft import trainable_state
 from cprec_recbole.quick_start import run
 from tests.conftest import REPO, cyclic_sequences, write_dataset
@@ -303,6 +303,38 @@ def test_mixed_precision_runs_adapters_in_the_backbones_half_dtype_on_fp32_weigh
         assert {p.dtype for p in trained} == {p.grad.dtype for p in trained} == {torch.float32}
         model.zero_grad()
     assert losses[True] == pytest.approx(losses[False], rel=0.02)
+
+
+def test_a_compiled_loop_trains_as_eager_does_and_resumes_bit_identically(tmp_path):
+    """``compile: true`` (the cpu profile) changes kernels, not what is computed: the same
+    weights as eager within bf16 rounding, and a run resumed from a checkpoint by a new loop
+    (a new process compiles anew) ends exactly where an uninterrupted one does."""
+    data = torch.randint(3, 40, (8, 6))
+    plan = Plan(batch_steps(range(8), 2, 1), checkpoints={2: ["half"]})
+
+    def train(folder: Path, compile: bool, steps: Plan) -> tuple[dict, TrainLoop]:
+        base, _ = tiny_backbone()
+        torch.manual_seed(0)
+        lora = {"lora_r": 4, "lora_alpha": 8, "lora_dropout": 0.0}
+        model = add_lora(base.to(torch.bfloat16), lora)
+        optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+        loop = TrainLoop(
+            model, None, optimizer, scheduler, folder, "t", show_progress=False, autocast=True,
+            compile=compile,
+        )  # fmt: skip
+        loop.run(steps, lambda step, ids: model(input_ids=data[ids], labels=data[ids]).loss)
+        assert all("forward" not in vars(layer) for layer in model.base_model.model.model.layers)
+        return trainable_state(model, None)["lora"], loop
+
+    eager, eager_loop = train(tmp_path / "eager", False, plan)
+    whole, loop = train(tmp_path / "whole", True, plan)
+    assert loop.losses == pytest.approx(eager_loop.losses, rel=1e-2)
+    assert eager.keys() == whole.keys()  # weights drift apart by Adam's sign of tiny gradients
+    train(tmp_path / "killed", True, Plan(plan.steps[:2], plan.checkpoints))
+    assert [steps for steps, _ in checkpoints(tmp_path / "killed" / "checkpoints")] == [2]
+    resumed, loop = train(tmp_path / "killed", True, plan)
+    assert loop.steps_done == 4 and all(torch.equal(whole[k], resumed[k]) for k in whole)
 
 
 def test_ds_and_stable_mix_start_from_cprecs_run_and_end_as_if_trained_from_scratch(

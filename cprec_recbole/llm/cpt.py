@@ -75,6 +75,7 @@ CPT_KEYS = (
     "eta_h",
     "max_grad_norm",
     "autocast",
+    "compile",
 )
 
 
@@ -242,6 +243,7 @@ class CPT:
             bool(config.get("show_progress", True)),
             max_grad_norm=config.get("max_grad_norm"),
             autocast=bool(config["autocast"]),
+            compile=bool(config["compile"]),
         )
         device = model_device(model)
 

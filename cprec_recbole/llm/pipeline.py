@@ -52,6 +52,7 @@ SFT_KEYS = (
     "learning_rate",
     "max_grad_norm",
     "autocast",
+    "compile",
     "lr_scheduler",
     "warmup_ratio",
     "projector_decay",

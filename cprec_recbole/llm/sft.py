@@ -180,6 +180,7 @@ def fine_tune(
         validation,
         max_grad_norm=config.get("max_grad_norm"),
         autocast=bool(config["autocast"]),
+        compile=bool(config["compile"]),
     )
     cache: dict[int, Sequence[LLMSample]] = {}
 
