@@ -337,6 +337,17 @@ def test_a_compiled_loop_trains_as_eager_does_and_resumes_bit_identically(tmp_pa
     assert loop.steps_done == 4 and all(torch.equal(whole[k], resumed[k]) for k in whole)
 
 
+def test_compile_without_a_cpp_compiler_is_refused_before_training(monkeypatch):
+    from cprec_recbole.llm.loop import CompiledDecoder
+
+    model, _ = tiny_backbone()
+    monkeypatch.setenv("PATH", "/nonexistent")
+    monkeypatch.delenv("CXX", raising=False)
+    with pytest.raises(ConfigError, match="compile: true needs a C.. compiler.*--compile=false"):
+        CompiledDecoder(model, True)
+    assert CompiledDecoder(model, False).layers == []  # off: nothing is looked for
+
+
 def test_ds_and_stable_mix_start_from_cprecs_run_and_end_as_if_trained_from_scratch(
     cpt_overrides, tmp_path
 ):

@@ -36,6 +36,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from cprec_recbole.errors import ConfigError
 from cprec_recbole.stages import peak_memory_mb
 
 logger = logging.getLogger(__name__)
@@ -182,6 +183,14 @@ class CompiledDecoder:
     def __init__(self, model: nn.Module, enabled: bool) -> None:
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
         self.layers = list(base.get_decoder().layers) if enabled else []
+        on_cpu = next(model.parameters()).device.type == "cpu"
+        compilers = (os.environ.get("CXX") or "g++", "clang++")
+        if enabled and on_cpu and not any(shutil.which(c) for c in compilers):
+            raise ConfigError(
+                "compile: true needs a C++ compiler for torch.compile's CPU backend and none was "
+                "found (g++, clang++ or $CXX): install one (apt-get install g++) or pass "
+                "--compile=false"
+            )
         if enabled:  # graphs of an earlier model in this process (an experiment's last arm)
             torch._dynamo.reset()  # would count against the recompile limit
         self.forwards = [torch.compile(layer.forward, dynamic=True) for layer in self.layers]
