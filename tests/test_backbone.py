@@ -86,13 +86,18 @@ def test_unknown_backbone_name_raises_an_error_listing_known_ones(plugins):
     assert "tiny-random" in message and "smollm2-135m" in message and "llama2-7b" in message
 
 
-def test_tiny_random_is_deterministic_for_same_corpus_and_seed(plugins):
+def test_tiny_random_weights_depend_on_the_corpus_only_not_the_run_seed(plugins):
+    """A backbone is an input like a hub checkpoint: stages that do not read ``seed`` load it."""
     (m1, t1), (m2, t2) = (load_backbone(tiny_config(), plugins, CORPUS) for _ in range(2))
     assert t1.get_vocab() == t2.get_vocab()
     s1, s2 = m1.state_dict(), m2.state_dict()
     assert s1.keys() == s2.keys() and all(torch.equal(s1[k], s2[k]) for k in s1)
     m3, _ = load_backbone(tiny_config(seed=8), plugins, CORPUS)
-    assert not torch.equal(m3.lm_head.weight, m1.lm_head.weight)
+    assert torch.equal(m3.lm_head.weight, m1.lm_head.weight)
+    m4, _ = load_backbone(tiny_config(), plugins, CORPUS + ["an entirely different title"])
+    assert m4.lm_head.weight.shape != m1.lm_head.weight.shape or not torch.equal(
+        m4.lm_head.weight, m1.lm_head.weight
+    )
 
 
 def test_tiny_random_is_small_and_leaves_the_global_rng_alone(plugins):
