@@ -37,8 +37,9 @@ def model_calls(out: EvalOutput, rounds: int) -> int:
 
 def main(argv: list[str]) -> dict:
     bench = setup(argv, {"users": 20})
-    config, plugins, model = bench.config, bench.plugins, bench.recommender
-    config["eval_users"] = bench.knobs["users"]  # the recommender reads it when sampling
+    plugins, model = bench.plugins, bench.recommender
+    model.config = model.config.updated(eval_users=bench.knobs["users"])  # read when sampling
+    config = model.config
     llm, tokenizer, ctx = model.trained(model.sft_folder())
     samples = model.eval_samples("test", "eval_users")
     out = {

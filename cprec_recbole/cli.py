@@ -26,6 +26,8 @@ options:
                           extra config files, applied in order after the built-in properties
   --plugin=FILE.py        load a plugin file (repeatable); also the 'plugins:' config key
   --force=STAGE           rebuild one cached stage (data, rec_model, ...); repeatable
+  --plan                  print the command's stages (hash, cached / partial / to build, the
+                          last build's wall time) without building anything
   --output_dir=FOLDER     where stages, results and logs go (default: saved/)
   --KEY=VALUE             any other config key, e.g. --epochs=5 --learning_rate=1e-3
   --tune=true             Ray Tune grid over tune_space (default: learning_rate 6e-4, 3e-4, 1e-4)
@@ -81,7 +83,8 @@ def plugin_listing(plugins: Plugins) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from cprec_recbole.quick_start import run
+    from cprec_recbole.quick_start import plan, run
+    from cprec_recbole.stages import plan_table
 
     argv = sys.argv[1:] if argv is None else argv
     try:
@@ -90,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
             overrides, plugins, _, _ = split_args(rest)
             print(help_text(plugins, str(overrides.get("data_path", "dataset"))))
             return 0
+        planned = bool({"--plan", "--plan=true"} & set(argv))
+        argv = [a for a in argv if a not in ("--plan", "--plan=true")]
         overrides, plugins, force, config_files = split_args(argv)
         model = overrides.pop("model", None)
         dataset = overrides.pop("dataset", None)
@@ -107,6 +112,10 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if not model or not dataset:
             raise ConfigError("both --model=NAME and --dataset=NAME are required (see --help)")
+        if planned:
+            entries = plan(str(model), str(dataset), config_files, overrides, plugins, force)
+            print(plan_table(entries))
+            return 0
         run(str(model), str(dataset), config_files, overrides, plugins, force)
     except (ConfigError, DataError, PluginError, UnknownNameError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -18,7 +18,8 @@ from recbole.utils import init_seed
 from cprec_recbole.compat import no_argv
 from cprec_recbole.data.prepare import PreparedData
 from cprec_recbole.results import write_results
-from cprec_recbole.stages import peak_memory_mb, run_stage
+from cprec_recbole.run_config import RunConfig, tracked
+from cprec_recbole.stages import EVERY, Stage, peak_memory_mb, run_stage
 from cprec_recbole.trainer import CandidateEvalData, CandidateTrainer
 
 logger = logging.getLogger(__name__)
@@ -48,7 +49,7 @@ def recbole_config(model_cls: type, config: dict, data: PreparedData, folder: Pa
         return Config(model=model_cls, dataset=data.name, config_dict=overrides)
 
 
-def _train(model_cls: type, config: dict, data: PreparedData, folder: Path) -> dict:
+def _train(folder: Path, config: RunConfig, model_cls: type, data: PreparedData) -> dict:
     rb_config = recbole_config(model_cls, config, data, folder)
     init_seed(rb_config["seed"], rb_config["reproducibility"])
     dataset = create_dataset(rb_config)
@@ -88,17 +89,19 @@ def _train(model_cls: type, config: dict, data: PreparedData, folder: Path) -> d
     return results
 
 
-def train_rec_model(model_cls: type, config: dict, data: PreparedData, force: bool = False) -> Path:
+#: A RecBole model trained on the prepared data; RecBole reads its whole config, so the hash
+#: covers every key but those in ``NOT_HASHED``.
+REC_MODEL = Stage(
+    "rec_model", reads=EVERY, uses=tuple(sorted(NOT_HASHED)), needs=("data",), build=_train
+)
+
+
+def train_rec_model(
+    model_cls: type, config: RunConfig, data: PreparedData, force: bool = False
+) -> Path:
     """Run (or reuse) the ``rec_model`` stage for this model, dataset and hyperparameters."""
-    keys = {k: v for k, v in sorted(config.items()) if k not in NOT_HASHED}
-    keys["data_stage"] = data.folder.name
-    return run_stage(
-        "rec_model",
-        keys,
-        config,
-        lambda folder: _train(model_cls, config, data, folder),
-        force=force,
-    )
+    inputs = {"data": data.folder}
+    return run_stage(REC_MODEL, config, inputs, force=force, model_cls=model_cls, data=data)
 
 
 def train_id_model(model_cls: type, config: dict, data: PreparedData, plugins, force=()) -> Path:
@@ -106,5 +109,5 @@ def train_id_model(model_cls: type, config: dict, data: PreparedData, plugins, f
     it reads, i.e. item text vectors for a text-aware model (``reads_item_text``)."""
     from cprec_recbole.text_encoder import with_item_text
 
-    config = with_item_text(config, data, plugins, model_cls, "item_text" in force)
+    config = with_item_text(tracked(config), data, plugins, model_cls, "item_text" in force)
     return train_rec_model(model_cls, config, data, force="rec_model" in force)

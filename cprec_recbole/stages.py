@@ -1,5 +1,10 @@
 """Cached stages: one artifact folder per stage and config, ``<output_dir>/<stage>/<hash>/``.
 
+A :class:`Stage` is declared: its name, the config keys it reads (its hash covers exactly their
+values, its inputs' hashes and its version), the keys it uses without changing its result, the
+stages it needs, and its build. While it builds, the config records every key read and refuses an
+undeclared one (:mod:`cprec_recbole.run_config`), so a cache key cannot go stale.
+
 A stage is done when its ``manifest.json`` exists; the manifest is written last and atomically,
 so a stage killed midway has none. It is then redone from an emptied folder, or, for a
 ``resumable`` stage (LLM training, which checkpoints into its folder), continued from it.
@@ -18,17 +23,137 @@ import platform
 import resource
 import shutil
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from cprec_recbole.errors import ConfigError
 from cprec_recbole.io import write_json
+from cprec_recbole.run_config import RunConfig, reading, tracked
 
 logger = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
 LOCK = ".lock"
+#: ``reads`` of a stage that reads every key but its ``uses`` (a RecBole model's whole config).
+EVERY = ("*",)
+
+
+@dataclass(frozen=True)
+class PlanEntry:
+    """One stage of ``--plan``: where it is, whether it is built, what its last build took."""
+
+    stage: str
+    hash: str
+    state: str  # cached, partial (with its furthest checkpoint), to build, damaged (why)
+    folder: str
+    last_wall_time_s: float | None  # of the latest finished build of this stage kind
+
+
+_PLAN: ContextVar[list[PlanEntry] | None] = ContextVar("stage_plan", default=None)
+
+
+@contextmanager
+def planning() -> Iterator[list[PlanEntry]]:
+    """Within the block ``run_stage`` builds nothing: it records each stage it is asked for
+    (once per folder) and returns the folder, so a plan walks the very code a run would."""
+    entries: list[PlanEntry] = []
+    token = _PLAN.set(entries)
+    try:
+        yield entries
+    finally:
+        _PLAN.reset(token)
+
+
+def _state(folder: Path) -> str:
+    manifest = read_manifest(folder)
+    if manifest is not None:
+        damage = damaged(folder, manifest)
+        return f"damaged ({damage})" if damage else "cached"
+    if not folder.is_dir() or not any(p.name != LOCK for p in folder.iterdir()):
+        return "to build"
+    cursors = sorted(folder.glob("checkpoints/*/cursor.json"), key=lambda p: p.stat().st_mtime)
+    if cursors:
+        steps = json.loads(cursors[-1].read_text()).get("steps_done")
+        return f"partial (checkpoint {cursors[-1].parent.name}: {steps} steps done)"
+    return "partial (no checkpoint: rebuilt from scratch)"
+
+
+def _last_wall_time(kind: Path) -> float | None:
+    finished = [m for m in (read_manifest(p) for p in kind.glob("*")) if m] if kind.is_dir() else []
+    latest = max(finished, key=lambda m: m.get("finished_at", ""), default=None)
+    return latest.get("wall_time_s") if latest else None
+
+
+def _plan(name: str, folder: Path, entries: list[PlanEntry], force: bool) -> None:
+    if any(entry.folder == str(folder) for entry in entries):
+        return
+    state = "to build (forced)" if force else _state(folder)
+    entries.append(PlanEntry(name, folder.name, state, str(folder), _last_wall_time(folder.parent)))
+
+
+def plan_table(entries: list[PlanEntry]) -> str:
+    """The plan as aligned text, a stage per line."""
+    rows = [asdict(e) for e in entries]
+    for row in rows:
+        wall = row["last_wall_time_s"]
+        row["last_wall_time_s"] = "-" if wall is None else f"{wall:.1f}"
+    heads = ["stage", "hash", "state", "last_wall_time_s", "folder"]
+    widths = {h: max(len(h), *(len(str(r[h])) for r in rows)) for h in heads}
+    lines = ["  ".join(h.ljust(widths[h]) for h in heads)]
+    lines += ["  ".join(str(r[h]).ljust(widths[h]) for h in heads) for r in rows]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+class StageError(ConfigError):
+    """A cached stage cannot be used as it is (missing or changed files)."""
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A cached step of a pipeline.
+
+    ``build(folder, config, **context)`` fills ``folder`` and returns its metrics. ``reads`` are
+    the keys whose values decide the result (hashed), ``uses`` keys it reads that do not (where
+    things live, progress bars, checkpoint cadence); ``needs`` the stages whose folders it reads,
+    whose hashes join its own. Bump ``version`` when the build's code changes what it computes.
+    """
+
+    name: str
+    reads: tuple[str, ...]
+    build: Callable[..., Mapping[str, Any] | None]
+    needs: tuple[str, ...] = ()
+    uses: tuple[str, ...] = ()
+    version: int = 1
+    resumable: bool = False
+
+    def allowed(self, extra: Iterable[str] = ()) -> frozenset[str] | None:
+        """The keys its build may read (None: all)."""
+        if self.reads == EVERY:
+            return None
+        return frozenset((*self.reads, *self.uses, *extra))
+
+    def keys(
+        self,
+        config: Mapping[str, Any],
+        inputs: Mapping[str, Path | None],
+        derived: Mapping[str, Any],
+        extra: Iterable[str] = (),
+    ) -> dict[str, Any]:
+        """What the hash covers, flat: the declared keys' values, the values the names stand for,
+        the inputs' hashes as ``<name>_stage`` (None: a stage this model does not use), the
+        version."""
+        if set(inputs) != set(self.needs):
+            raise TypeError(f"stage {self.name} needs {self.needs}, was given {tuple(inputs)}")
+        if self.reads == EVERY:
+            values = {k: config[k] for k in sorted(config) if k not in self.uses}
+        else:
+            values = {k: config.get(k) for k in (*self.reads, *extra)}
+        hashes = {f"{k}_stage": (v.name if v is not None else None) for k, v in inputs.items()}
+        return {**values, **derived, **hashes, "stage_version": self.version}
 
 
 def config_hash(keys: Mapping[str, Any]) -> str:
@@ -127,10 +252,51 @@ def stage_lock(name: str, folder: Path) -> Iterator[None]:
 
 
 def _reusable(name: str, folder: Path, force: bool) -> bool:
-    if force or not (folder / MANIFEST).is_file():
+    if force:
         return False
+    manifest = read_manifest(folder)
+    if manifest is None:
+        return False
+    damage = damaged(folder, manifest)
+    if damage:
+        raise StageError(
+            f"stage {name}: the cached {folder} is damaged ({damage}); rebuild it with "
+            f"--force={name}"
+        )
     logger.info("stage %s: reusing %s", name, folder)
     return True
+
+
+def file_digests(folder: Path) -> dict[str, dict[str, Any]]:
+    """Size and sha256 of every file of a stage folder but its manifest and lock."""
+    out = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        rel = path.relative_to(folder).as_posix()
+        if rel in (MANIFEST, LOCK):
+            continue
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        out[rel] = {"size": path.stat().st_size, "sha256": digest.hexdigest()}
+    return out
+
+
+def damaged(folder: Path, manifest: Mapping[str, Any]) -> str | None:
+    """What is wrong with a finished stage's files against its manifest (None: nothing)."""
+    recorded = manifest.get("files") or {}
+    for rel, want in recorded.items():
+        path = folder / rel
+        if not path.is_file():
+            return f"{rel} is missing"
+        size = path.stat().st_size
+        if size != want["size"]:
+            return f"{rel} has {size} bytes, {want['size']} when built"
+    found = file_digests(folder)
+    for rel, want in recorded.items():
+        if found[rel]["sha256"] != want["sha256"]:
+            return f"{rel} changed since it was built"
+    return None
 
 
 def _empty(folder: Path) -> None:
@@ -145,46 +311,72 @@ def _empty(folder: Path) -> None:
 
 
 def run_stage(
-    name: str,
-    keys: Mapping[str, Any],
-    config: Mapping[str, Any],
-    build: Callable[[Path], Mapping[str, Any] | None],
+    stage: Stage,
+    config: RunConfig,
+    inputs: Mapping[str, Path | None] | None = None,
+    derived: Mapping[str, Any] | None = None,
     force: bool = False,
-    resumable: bool = False,
+    extra_reads: Iterable[str] = (),
+    **context: Any,
 ) -> Path:
     """Return the stage folder under ``config["output_dir"]``, building it with
-    ``build(folder)`` unless a manifest exists; the manifest records the whole run config."""
-    folder = stage_dir(config["output_dir"], name, keys)
-    if _reusable(name, folder, force):
+    ``stage.build(folder, config, **context)`` unless a manifest exists. ``derived`` are hashed
+    values that config names stand for (a template's text, a domain's files); ``extra_reads``
+    declared keys that depend on a plugin the config picks (a scheduler's own keys)."""
+    config, extra = tracked(config), tuple(extra_reads)
+    keys = stage.keys(config, dict(inputs or {}), dict(derived or {}), extra)
+    folder = stage_dir(config["output_dir"], stage.name, keys)
+    entries = _PLAN.get()
+    if entries is not None:
+        _plan(stage.name, folder, entries, force)
         return folder
-    with stage_lock(name, folder):
-        if not _reusable(name, folder, force):  # else another process built it while we waited
-            if force or not resumable:
+    if _reusable(stage.name, folder, force):
+        return folder
+    with stage_lock(stage.name, folder):
+        if not _reusable(stage.name, folder, force):  # else another process built it meanwhile
+            if force or not stage.resumable:
                 _empty(folder)
-            _build(name, keys, config, build, folder)
+            _build(stage, keys, config, folder, extra, context)
     return folder
 
 
+def stage_folder(
+    stage: Stage,
+    config: RunConfig,
+    inputs: Mapping[str, Path | None] | None = None,
+    derived: Mapping[str, Any] | None = None,
+    extra_reads: Iterable[str] = (),
+) -> Path:
+    """Where ``run_stage`` with these arguments keeps the stage, without building anything."""
+    keys = stage.keys(config, dict(inputs or {}), dict(derived or {}), tuple(extra_reads))
+    return stage_dir(config["output_dir"], stage.name, keys)
+
+
 def _build(
-    name: str,
+    stage: Stage,
     keys: Mapping[str, Any],
-    config: Mapping[str, Any],
-    build: Callable[[Path], Mapping[str, Any] | None],
+    config: RunConfig,
     folder: Path,
+    extra: tuple[str, ...],
+    context: Mapping[str, Any],
 ) -> None:
     started = any(path.name != LOCK for path in folder.iterdir())
-    logger.info("stage %s: %s %s", name, "continuing" if started else "building", folder)
+    logger.info("stage %s: %s %s", stage.name, "continuing" if started else "building", folder)
     start = time.time()
-    metrics = build(folder) or {}
+    with reading(stage.name, stage.allowed(extra)) as read:
+        metrics = stage.build(folder, config, **context) or {}
     write_json(
         folder / MANIFEST,
         {
-            "stage": name,
+            "stage": stage.name,
             "config": dict(keys),
-            "run_config": dict(config),
+            "read": sorted(read),
+            "run_config": config.as_dict(),
             "versions": versions(),
             "machine": machine(),
+            "world_size": int(os.environ.get("WORLD_SIZE", "1")),
             "metrics": dict(metrics),
+            "files": file_digests(folder),
             "wall_time_s": round(time.time() - start, 2),
             "peak_memory_mb": peak_memory_mb(),
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

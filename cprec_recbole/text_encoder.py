@@ -19,7 +19,8 @@ import numpy as np
 from cprec_recbole.errors import ConfigError
 from cprec_recbole.io import write_atomic, write_text
 from cprec_recbole.plugins import Plugins
-from cprec_recbole.stages import run_stage
+from cprec_recbole.run_config import RunConfig
+from cprec_recbole.stages import Stage, run_stage
 
 TEXT_KEYS = ("text_encoder", "text_encoder_path", "text_max_tokens")
 EMBEDDINGS = "embeddings.npy"
@@ -76,33 +77,38 @@ def encode(model, tokenizer, texts: Sequence[str], max_tokens: int, batch: int =
     return np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)
 
 
-def item_text_stage(config: dict, data, plugins: Plugins, force: bool = False) -> Path:
+def _build_item_text(folder: Path, config: RunConfig, data, plugins: Plugins) -> dict:
+    start = time.time()
+    model, tokenizer = plugins.text_encoders.get(config["text_encoder"])(config)
+    titles = data.items["title"].tolist()
+    vectors = encode(model, tokenizer, titles, int(config["text_max_tokens"]))
+    write_atomic(folder / EMBEDDINGS, lambda tmp: _save(tmp, vectors))
+    write_text(folder / ITEM_IDS, "\n".join(data.items["item_id"]) + "\n")
+    return {"items": len(titles), "dim": int(vectors.shape[1]), "seconds": time.time() - start}
+
+
+#: One text-encoder vector per item of the prepared data, in its order.
+ITEM_TEXT = Stage("item_text", reads=TEXT_KEYS, needs=("data",), build=_build_item_text)
+
+
+def item_text_stage(config: RunConfig, data, plugins: Plugins, force: bool = False) -> Path:
     """The ``item_text`` stage: one embedding row per item of the prepared data, in its order."""
     missing = [k for k in TEXT_KEYS if k not in config]
     if missing:
         raise ConfigError(f"item text embeddings need config key(s) {', '.join(missing)}")
-    keys = {k: config[k] for k in TEXT_KEYS}
-    keys["data_stage"] = data.folder.name
-
-    def build(folder: Path) -> dict:
-        start = time.time()
-        model, tokenizer = plugins.text_encoders.get(config["text_encoder"])(config)
-        titles = data.items["title"].tolist()
-        vectors = encode(model, tokenizer, titles, int(config["text_max_tokens"]))
-        write_atomic(folder / EMBEDDINGS, lambda tmp: _save(tmp, vectors))
-        write_text(folder / ITEM_IDS, "\n".join(data.items["item_id"]) + "\n")
-        return {"items": len(titles), "dim": int(vectors.shape[1]), "seconds": time.time() - start}
-
-    return run_stage("item_text", keys, config, build, force=force)
+    inputs = {"data": data.folder}
+    return run_stage(ITEM_TEXT, config, inputs, force=force, data=data, plugins=plugins)
 
 
-def with_item_text(config: dict, data, plugins: Plugins, model_cls, force: bool = False) -> dict:
+def with_item_text(
+    config: RunConfig, data, plugins: Plugins, model_cls, force: bool = False
+) -> RunConfig:
     """A model that reads item text (``reads_item_text``) gets the item_text stage's folder;
     its name joins the model stage's key, its path does not."""
     if not getattr(model_cls, "reads_item_text", False):
         return config
     folder = item_text_stage(config, data, plugins, force)
-    return {**config, "item_text_stage": folder.name, "item_text_folder": str(folder)}
+    return config.updated(item_text_stage=folder.name, item_text_folder=str(folder))
 
 
 def aligned_rows(item_ids: list[str], tokens: list[str], vectors: np.ndarray) -> np.ndarray:

@@ -10,14 +10,14 @@ import pytest
 from cprec_recbole.cli import main
 from cprec_recbole.config import load_config, parse_overrides, read_yaml
 from cprec_recbole.config_check import NAMED, OWN_KEYS, RECBOLE_RUNTIME, RULES, check_config
-from cprec_recbole.data.corpus import CORPUS_KEYS
-from cprec_recbole.data.prepare import DATA_KEYS
+from cprec_recbole.data.corpus import CORPUS
+from cprec_recbole.data.prepare import DATA
 from cprec_recbole.errors import ConfigError
-from cprec_recbole.llm.backbone import BACKBONE_KEYS
-from cprec_recbole.llm.cpt import CPT_KEYS
-from cprec_recbole.llm.pipeline import EVAL_KEYS, SFT_KEYS
+from cprec_recbole.llm.cpt import CPT_STAGE
+from cprec_recbole.llm.pipeline import EVAL, SFT
 from cprec_recbole.llm.schedulers import schedule_keys
 from cprec_recbole.quick_start import build_config
+from cprec_recbole.text_encoder import ITEM_TEXT
 from tests.conftest import REPO
 
 
@@ -152,6 +152,7 @@ def test_every_key_the_package_reads_or_checks_has_a_default_in_a_properties_fil
         for key in pattern.findall(path.read_text())
     }
     assert len(read) > 60  # the scan finds the package's keys
-    read |= {*DATA_KEYS, *CORPUS_KEYS, *BACKBONE_KEYS, *SFT_KEYS, *EVAL_KEYS, *CPT_KEYS}
+    for stage in (DATA, ITEM_TEXT, CORPUS, CPT_STAGE, SFT, EVAL):
+        read |= {*stage.reads, *stage.uses}
     assert read - declared == set()
     assert (set(RULES) | set(NAMED)) - declared == set()  # no typo in the checker's tables

@@ -13,6 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from cprec_recbole.cli import main
 from cprec_recbole.errors import ConfigError
 from cprec_recbole.llm.backbone import add_lora
 from cprec_recbole.llm.cpt import VARIANTS, cpt_plan, length_grouped, variant_order
@@ -169,7 +170,7 @@ def test_cprec_runs_corpus_cpt_sft_and_eval_and_cptllara_reuses_the_cpt(cpt_over
     early = run("CPTLLaRA", "Tiny", overrides={**cpt_overrides, "cpt_checkpoint": 24})
     assert early["folder"] != zero["folder"]  # the data-volume study: SFT/eval from 24 samples
     keys = json.loads((Path(early["folder"]) / "manifest.json").read_text())["config"]
-    assert keys["cpt_stage"] == f"{folder.name}/samples-24"
+    assert (keys["cpt_stage"], keys["cpt_checkpoint"]) == (folder.name, 24)
     with pytest.raises(
         ConfigError, match="no checkpoint samples-999 .* kept: annealing, samples-24"
     ):
@@ -259,7 +260,7 @@ def test_a_new_domain_re_anneals_from_the_stable_checkpoint(cpt_overrides, caplo
     manifests = [
         json.loads(p.read_text()) for p in Path(base["output_dir"]).glob("cpt/*/manifest.json")
     ]
-    (first,) = [m for m in manifests if "add_domain" not in m["config"]]
+    (first,) = [m for m in manifests if m["config"]["add_domain"] is None]
     (second,) = [m for m in manifests if m["config"].get("add_domain") == "ShopC"]
     assert (
         second["metrics"]["phases_in_steps"]["stable"]
@@ -382,3 +383,33 @@ def test_ds_and_stable_mix_start_from_cprecs_run_and_end_as_if_trained_from_scra
         assert (folder / "checkpoints" / "samples-24").is_dir()  # shared named checkpoints
     stable = adapter(cprec / "checkpoints" / "stable")
     assert all(torch.equal(stable[k], adapter(cpt("DS", shared))[k]) for k in stable)
+
+
+def _tree(root: Path) -> list[tuple[str, float]]:
+    return sorted((str(p), p.stat().st_mtime) for p in root.rglob("*"))
+
+
+def test_plan_shows_a_partly_built_cprec_cached_partial_and_to_build_and_writes_nothing(
+    cpt_overrides, capsys
+):
+    run("CPRec", "Tiny", overrides=cpt_overrides)
+    saved = Path(cpt_overrides["output_dir"])
+    (manifest,) = saved.glob("cpt/*/manifest.json")
+    manifest.unlink()  # as if killed after its last checkpoint: the CPT stage is partial
+    args = [
+        f"--{k}={json.dumps(v) if isinstance(v, dict) else v}" for k, v in cpt_overrides.items()
+    ]
+    args += ["--model=CPRec", "--dataset=Tiny", "--seed=7", "--plan"]  # another SFT seed
+    before = _tree(saved)
+    assert main(args) == 0
+    assert _tree(saved) == before
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].split() == ["stage", "hash", "state", "last_wall_time_s", "folder"]
+    rows = {line.split()[0]: line for line in lines[1:]}
+    assert list(rows) == ["data", "rec_model", "corpus", "cpt", "sft", "eval"]
+    for stage in ("data", "rec_model", "corpus"):
+        assert " cached " in rows[stage]
+    assert "partial (checkpoint annealing: " in rows["cpt"]
+    assert " to build " in rows["sft"] and " to build " in rows["eval"]
+    wall = json.loads(next(saved.glob("sft/*/manifest.json")).read_text())["wall_time_s"]
+    assert f" {wall:.1f} " in rows["sft"]  # the last SFT build's wall time, for an estimate

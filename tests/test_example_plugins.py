@@ -17,12 +17,13 @@ from llm_fixtures import (  # noqa: F401  (pytest fixtures)
 from cprec_recbole.config_check import check_config
 from cprec_recbole.errors import ConfigError
 from cprec_recbole.llm.batching import encode_batch
-from cprec_recbole.llm.cpt import cpt_keys
+from cprec_recbole.llm.cpt import CPT_STAGE, cpt_declared
 from cprec_recbole.llm.prompts import render
 from cprec_recbole.llm.schedulers import learning_rates, schedule_keys
 from cprec_recbole.plugins import load_plugins
 from cprec_recbole.quick_start import build_config, run
-from cprec_recbole.stages import stage_dir
+from cprec_recbole.run_config import RunConfig
+from cprec_recbole.stages import stage_folder
 
 REPO = Path(__file__).resolve().parents[1]
 SHORT_PROMPT = REPO / "plugins" / "short_prompt.py"
@@ -117,11 +118,15 @@ def test_step_decay_rejects_a_gamma_outside_0_1(examples):
 
 
 def test_step_decay_keys_join_the_cpt_stage_key(examples):
-    config = {"cpt_scheduler": "step_decay", "cpt_template": "unified", "decay_gamma": 0.3}
-    keys = cpt_keys(config, examples, Path("saved/corpus/abc"))
-    assert keys["schedule"] == {"decay_gamma": 0.3, "decay_period": None}
-    other = cpt_keys({**config, "decay_gamma": 0.5}, examples, Path("saved/corpus/abc"))
-    assert stage_dir("saved", "cpt", keys) != stage_dir("saved", "cpt", other)
+    config = RunConfig(
+        {"cpt_scheduler": "step_decay", "cpt_template": "unified", "decay_gamma": 0.3}
+    )
+    declared = cpt_declared(config, examples, Path("saved/corpus/abc"))
+    keys = CPT_STAGE.keys(config, declared["inputs"], declared["derived"], declared["extra_reads"])
+    assert (keys["decay_gamma"], keys["decay_period"]) == (0.3, None)
+    other = config.updated(decay_gamma=0.5, output_dir="saved")
+    folder = stage_folder(CPT_STAGE, config.updated(output_dir="saved"), **declared)
+    assert folder != stage_folder(CPT_STAGE, other, **declared)
 
 
 def test_step_decay_keys_pass_the_config_check_only_with_the_plugin(examples, plugins):
@@ -163,7 +168,7 @@ def test_llara_trains_and_evaluates_with_both_example_plugins(
     assert results["test"]["users"] == 4
     (manifest,) = Path(overrides["output_dir"]).glob("sft/*/manifest.json")
     manifest = json.loads(manifest.read_text())
-    assert manifest["config"]["schedule"] == {"decay_gamma": 0.3, "decay_period": None}
+    assert (manifest["config"]["decay_gamma"], manifest["config"]["decay_period"]) == (0.3, None)
     assert [t["separator"] for t in manifest["config"]["templates"]] == ["; ", "; "]
     total = manifest["metrics"]["total_steps"]
     last = step_decay_rate(total, int(0.05 * total), total, 0.3, 0.25)  # lr after the last step

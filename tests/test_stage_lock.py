@@ -13,21 +13,19 @@ from pathlib import Path
 
 import pytest
 
-from cprec_recbole.stages import MANIFEST, run_stage
-
-KEYS = {"what": "lock test"}
+from cprec_recbole.stages import MANIFEST, Stage, run_stage
 
 # A child process: signal readiness, wait for the test's "go", then ask for the stage; the build
 # logs start/end into a shared file (O_APPEND: whole lines), so overlapping builds would show.
 CHILD = """
 import logging, sys, time
 from pathlib import Path
-from cprec_recbole.stages import run_stage
+from cprec_recbole.stages import Stage, run_stage
 
 root, me, sleep_s = Path(sys.argv[1]), sys.argv[2], float(sys.argv[3])
 logging.basicConfig(level=logging.INFO, format="%(message)s")
 
-def build(folder):
+def build(folder, config):
     with open(root / "builds.txt", "a") as log:
         log.write(f"start {me}\\n")
     (root / f"building-{me}").touch()
@@ -41,7 +39,8 @@ def build(folder):
 (root / f"ready-{me}").touch()
 while not (root / "go").exists():
     time.sleep(0.01)
-run_stage("demo", {"what": "lock test"}, {"output_dir": str(root / "saved")}, build)
+config = {"output_dir": str(root / "saved"), "what": "lock test"}
+run_stage(Stage("demo", reads=("what",), build=build), config)
 """
 
 
@@ -88,14 +87,14 @@ def test_a_builder_killed_holding_the_lock_does_not_block_the_next_run(tmp_path,
     child.communicate(timeout=30)
     seen = []
 
-    def build(folder: Path) -> dict:
+    def build(folder: Path, config) -> dict:
         seen.extend(p.name for p in folder.iterdir() if p.name != ".lock")
         (folder / "built.txt").write_text("next")
         return {}
 
     caplog.set_level(logging.INFO, logger="cprec_recbole.stages")
-    config = {"output_dir": str(tmp_path / "saved")}
-    folder = run_stage("demo", KEYS, config, build, resumable=resumable)
+    config = {"output_dir": str(tmp_path / "saved"), "what": "lock test"}
+    folder = run_stage(Stage("demo", reads=("what",), build=build, resumable=resumable), config)
     assert (folder / "built.txt").read_text() == "next" and (folder / MANIFEST).is_file()
     assert seen == (["part.txt"] if resumable else [])  # only a resumable stage keeps its work
     verb = "continuing" if resumable else "building"

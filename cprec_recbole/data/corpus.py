@@ -27,7 +27,8 @@ from cprec_recbole.data.windows import PAD, window_matrix
 from cprec_recbole.errors import ConfigError, DataError
 from cprec_recbole.io import write_atomic
 from cprec_recbole.plugins import Plugins
-from cprec_recbole.stages import run_stage
+from cprec_recbole.run_config import RunConfig, tracked
+from cprec_recbole.stages import Stage, run_stage
 
 if TYPE_CHECKING:  # the batcher imports torch; data/ must not at import time
     from cprec_recbole.llm.batching import LLMSample
@@ -82,8 +83,8 @@ def resolve_cpt_domains(config: dict, plugins: Plugins) -> list[str]:
     return names
 
 
-def _domain_config(config: dict, name: str) -> dict:
-    return {**config, "domain": name, "dataset": name}
+def _domain_config(config: RunConfig, name: str) -> RunConfig:
+    return tracked(config).updated(domain=name, dataset=name)
 
 
 def _settings(config: dict) -> dict[str, Any]:
@@ -354,7 +355,9 @@ def summarise(
     }
 
 
-def build_corpus(folder: Path, config: dict, plugins: Plugins, domains: dict) -> dict[str, Any]:
+def build_corpus(
+    folder: Path, config: RunConfig, plugins: Plugins, domains: dict
+) -> dict[str, Any]:
     """Load the domains, cut both kinds of samples, draw candidates, write the two files."""
     start = time.perf_counter()
     settings = _settings(config)
@@ -382,21 +385,19 @@ def build_corpus(folder: Path, config: dict, plugins: Plugins, domains: dict) ->
     return {**summary, "build_seconds": round(time.perf_counter() - start, 2)}
 
 
-def corpus_stage(config: dict, plugins: Plugins, force: bool = False) -> Path:
+#: The behaviour corpus of the CPT domains (``samples.parquet``, ``items.parquet``).
+CORPUS = Stage("corpus", reads=CORPUS_KEYS, uses=("data_path",), build=build_corpus)
+
+
+def corpus_stage(config: RunConfig, plugins: Plugins, force: bool = False) -> Path:
     """Run (or reuse) the corpus stage; its folder holds ``samples.parquet`` and ``items.parquet``."""
     settings = _settings(config)
     plugins.mixing_rules.get(settings["mixing_rule"])  # an unknown rule fails before loading
     names = resolve_cpt_domains(config, plugins)
     domains = {n: resolve_domain(_domain_config(config, n), plugins) for n in names}
-    keys = {**settings, "cpt_domains": names}
-    keys["sources"] = {n: domain_source(d, _domain_config(config, n)) for n, d in domains.items()}
-    return run_stage(
-        "corpus",
-        keys,
-        config,
-        lambda folder: build_corpus(folder, config, plugins, domains),
-        force=force,
-    )
+    sources = {n: domain_source(d, _domain_config(config, n)) for n, d in domains.items()}
+    derived = {"domains": names, "sources": sources}
+    return run_stage(CORPUS, config, derived=derived, force=force, plugins=plugins, domains=domains)
 
 
 # ------------------------------------------------------------------ reading it back

@@ -28,20 +28,11 @@ from cprec_recbole.data.transforms import k_core, leave_one_out, sample_users, u
 from cprec_recbole.errors import DataError
 from cprec_recbole.io import write_atomic
 from cprec_recbole.plugins import Plugins, unknown_name
-from cprec_recbole.stages import run_stage
+from cprec_recbole.run_config import RunConfig
+from cprec_recbole.stages import Stage, run_stage
 
 logger = logging.getLogger(__name__)
 SPLITS = ("valid", "test")
-DATA_KEYS = (
-    "domain",
-    "k_core",
-    "user_sample_num",
-    "user_sample_ratio",
-    "data_seed",
-    "eval_seed",
-    "num_negatives",
-    "candidate_sampler",
-)
 
 
 @dataclass
@@ -50,9 +41,19 @@ class PreparedData:
 
     name: str
     folder: Path
-    inter: pd.DataFrame
-    items: pd.DataFrame
     history_len: int
+
+    @cached_property
+    def _frames(self) -> tuple[pd.DataFrame, pd.DataFrame]:
+        return _read(self.folder, self.name)  # on first use: ``--plan`` needs only the folder
+
+    @property
+    def inter(self) -> pd.DataFrame:
+        return self._frames[0]
+
+    @property
+    def items(self) -> pd.DataFrame:
+        return self._frames[1]
 
     @cached_property
     def sequences(self) -> pd.Series:
@@ -118,7 +119,7 @@ def _check_ids(inter: pd.DataFrame, name: str) -> None:
             )
 
 
-def _build(folder: Path, config: dict, domain, plugins: Plugins) -> dict:
+def _build(folder: Path, config: RunConfig, domain, plugins: Plugins) -> dict:
     name = config["dataset"]
     inter, items = domain.load(config)
     _check_ids(inter, name)
@@ -180,18 +181,21 @@ def read_items(folder: Path) -> pd.DataFrame:
     )
 
 
-def prepare(config: dict, plugins: Plugins, force: bool = False) -> PreparedData:
+#: Filtered interactions, items and the persisted candidate sets of every model's evaluation.
+DATA = Stage(
+    "data",
+    reads=(
+        *("dataset", "domain", "k_core", "user_sample_num", "user_sample_ratio", "data_seed"),
+        *("eval_seed", "num_negatives", "candidate_sampler", "history_len"),
+    ),
+    uses=("data_path",),  # the domain's files are hashed by their fingerprint instead
+    build=_build,
+)
+
+
+def prepare(config: RunConfig, plugins: Plugins, force: bool = False) -> PreparedData:
     """Run (or reuse) the data stage for ``config['dataset']``."""
     domain = resolve_domain(config, plugins)
-    keys = {k: config.get(k) for k in DATA_KEYS}
-    keys["dataset"] = config["dataset"]
-    keys["source"] = domain_source(domain, config)
-    folder = run_stage(
-        "data",
-        keys,
-        config,
-        lambda folder: _build(folder, config, domain, plugins),
-        force=force,
-    )
-    inter, items = _read(folder, config["dataset"])
-    return PreparedData(config["dataset"], folder, inter, items, int(config["history_len"]))
+    derived = {"source": domain_source(domain, config)}
+    folder = run_stage(DATA, config, derived=derived, force=force, domain=domain, plugins=plugins)
+    return PreparedData(config["dataset"], folder, int(config["history_len"]))

@@ -49,7 +49,8 @@ from cprec_recbole.llm.projector import model_device
 from cprec_recbole.llm.schedulers import learning_rates, plot_schedule, schedule_keys
 from cprec_recbole.llm.sft import answer_loss
 from cprec_recbole.plugins import Plugins
-from cprec_recbole.stages import read_manifest, run_stage, stage_dir
+from cprec_recbole.run_config import RunConfig, tracked
+from cprec_recbole.stages import Stage, read_manifest, run_stage, stage_folder
 
 logger = logging.getLogger(__name__)
 VARIANTS = ("DS", "DS+Mix(N)", "DS+Mix(S)", "DS+Mix(A)")
@@ -76,6 +77,10 @@ CPT_KEYS = (
     "max_grad_norm",
     "autocast",
     "compile",
+    "device",
+    "add_domain",
+    "resume_from",
+    "cpt_domains",
 )
 
 
@@ -182,17 +187,16 @@ def sample_lengths(corpus: Corpus, title_tokens: np.ndarray, template_tokens: in
     )
 
 
-def cpt_keys(config: dict, plugins: Plugins, corpus_folder: Path) -> dict:
+def cpt_declared(config: RunConfig, plugins: Plugins, corpus_folder: Path) -> dict:
+    """The CPT stage's inputs, derived values (the template's text) and the schedule's own keys:
+    ``run_stage``'s and ``stage_folder``'s arguments beyond the stage and config."""
     factory = plugins.schedulers.get(config["cpt_scheduler"])
     template = plugins.prompt_templates.get(config["cpt_template"])
-    keys = {k: config.get(k) for k in CPT_KEYS}
-    keys["corpus_stage"] = corpus_folder.name
-    keys["template"] = asdict(template)
-    keys["schedule"] = {k: config.get(k) for k in schedule_keys(factory)}
-    if config.get("add_domain"):
-        keys["add_domain"] = config["add_domain"]
-        keys["resume_from"] = config.get("resume_from")
-    return keys
+    return {
+        "inputs": {"corpus": corpus_folder},
+        "derived": {"template": asdict(template)},
+        "extra_reads": schedule_keys(factory),
+    }
 
 
 class CPT:
@@ -203,8 +207,7 @@ class CPT:
         self.template = plugins.prompt_templates.get(config["cpt_template"])
         self.factory = plugins.schedulers.get(config["cpt_scheduler"])
 
-    def build(self, folder: Path) -> dict:
-        config = self.config
+    def build(self, folder: Path, config: RunConfig, base: Path | None = None) -> dict:
         corpus = load_corpus(self.corpus_folder)
         model, tokenizer = load_backbone(
             config, self.plugins, [*corpus.titles.values(), self.template.text]
@@ -221,7 +224,7 @@ class CPT:
         prefix = None
         if config.get("add_domain"):
             order, phases, plan, step_phases = self._reanneal_plan(
-                folder, corpus, grouped, micro, accumulate
+                folder, base, corpus, grouped, micro, accumulate
             )
         else:
             plan_of = functools.partial(self._plan, corpus, grouped, micro, accumulate)
@@ -283,11 +286,10 @@ class CPT:
         plan, step_phases = cpt_plan(order, phases, lengths, micro, accumulate, seed, kept)
         return order, phases, plan, step_phases
 
-    def _schedule_config(self) -> dict:
-        return {
-            **self.config,
-            "min_lr_ratio": float(self.config["eta_l"]) / float(self.config["eta_h"]),
-        }
+    def _schedule_config(self) -> RunConfig:
+        return self.config.updated(
+            min_lr_ratio=float(self.config["eta_l"]) / float(self.config["eta_h"])
+        )
 
     def _rates(self, step_phases: dict) -> np.ndarray:
         """The learning rate of every step of a plan with these phase ends."""
@@ -304,9 +306,9 @@ class CPT:
             return None  # this run's own checkpoints: a resume
         best: tuple[int, Path] | None = None
         for variant in VARIANTS:
-            other = {**self.config, "cpt_variant": variant}
-            keys = cpt_keys(other, self.plugins, self.corpus_folder)
-            donor = stage_dir(self.config["output_dir"], "cpt", keys)
+            other = self.config.updated(cpt_variant=variant)
+            declared = cpt_declared(other, self.plugins, self.corpus_folder)
+            donor = stage_folder(CPT_STAGE, other, **declared)
             if variant == self.config["cpt_variant"] or not (donor / CHECKPOINTS).is_dir():
                 continue
             _, _, theirs, their_phases = plan_of(variant)
@@ -363,15 +365,12 @@ class CPT:
             f"CPT {self.config['cpt_variant']}, {self.config['cpt_scheduler']} schedule",
         )
 
-    def _reanneal_plan(self, folder: Path, corpus: Corpus, lengths, micro: int, accumulate: int):
+    def _reanneal_plan(
+        self, folder: Path, base: Path, corpus: Corpus, lengths, micro: int, accumulate: int
+    ):
         """``--resume_from=stable --add_domain=X``: continue the base run from its stable
         checkpoint (its warm-up and stable steps stand as done, empty here) and anneal on the
         mixed samples of the corpus that now includes X."""
-        if self.config.get("resume_from") != "stable":
-            raise ConfigError(
-                "add_domain needs resume_from: stable (re-anneal from the stable checkpoint)"
-            )
-        base = base_cpt_folder(self.config, self.plugins)
         stable = base / CHECKPOINTS / "stable"
         manifest = read_manifest(base)
         if manifest is None or not stable.is_dir():
@@ -415,33 +414,59 @@ def _copy_checkpoint(source: Path, step: int, target: Path, rates: np.ndarray) -
     tmp.rename(target)
 
 
-def base_cpt_folder(config: dict, plugins: Plugins) -> Path:
-    """The CPT stage folder of the run that ``add_domain`` continues (same config, base domains)."""
-    base = {k: v for k, v in config.items() if k not in ("add_domain", "resume_from")}
-    base["cpt_domains"] = [d for d in config["cpt_domains"] if d != config["add_domain"]]
+def base_cpt_folder(config: RunConfig, plugins: Plugins) -> Path:
+    """The CPT stage folder of the run that ``add_domain`` continues (same config, base domains);
+    builds the base corpus if it is missing (then that run is missing too, which CPT reports)."""
+    base = config.without("add_domain", "resume_from").updated(
+        cpt_domains=[d for d in config["cpt_domains"] if d != config["add_domain"]]
+    )
     corpus = corpus_stage(base, plugins)
-    return stage_dir(base["output_dir"], "cpt", cpt_keys(base, plugins, corpus))
+    return stage_folder(CPT_STAGE, base, **cpt_declared(base, plugins, corpus))
 
 
-def cpt_stage(config: dict, plugins: Plugins, force=()) -> Path:
+def _build_cpt(
+    folder: Path, config: RunConfig, plugins: Plugins, corpus: Path, base: Path | None
+) -> dict:
+    return CPT(config, plugins, corpus).build(folder, config, base)
+
+
+#: LoRA adapters continually pre-trained on the corpus (resumable: it checkpoints as it goes).
+CPT_STAGE = Stage(
+    "cpt",
+    reads=CPT_KEYS,
+    uses=("output_dir", "checkpoint_every", "show_progress", "plot_schedule", "backbone_cache"),
+    needs=("corpus",),
+    build=_build_cpt,
+    resumable=True,
+)
+
+
+def cpt_stage(config: RunConfig, plugins: Plugins, force=()) -> Path:
     """Run (or reuse, or continue after a kill) the CPT stage for ``config``."""
-    cfg = dict(config)
-    added = cfg.get("add_domain")
+    config = tracked(config)
+    added = config.get("add_domain")
+    base = None
     if added:
-        base = resolve_cpt_domains({**cfg, "add_domain": None}, plugins)
-        if added in base:
+        domains = resolve_cpt_domains(config.updated(add_domain=None), plugins)
+        if added in domains:
             raise ConfigError(
-                f"add_domain {added!r} is already a CPT domain of the base run ({', '.join(base)}); "
-                "list the base run's domains in cpt_domains"
+                f"add_domain {added!r} is already a CPT domain of the base run "
+                f"({', '.join(domains)}); list the base run's domains in cpt_domains"
             )
-        cfg["cpt_domains"] = [*base, added]
-    corpus_folder = corpus_stage(cfg, plugins, force="corpus" in force)
-    keys = cpt_keys(cfg, plugins, corpus_folder)
+        if config.get("resume_from") != "stable":
+            raise ConfigError(
+                "add_domain needs resume_from: stable (re-anneal from the stable checkpoint)"
+            )
+        config = config.updated(cpt_domains=[*domains, added])
+        base = base_cpt_folder(config, plugins)
+    corpus_folder = corpus_stage(config, plugins, force="corpus" in force)
+    declared = cpt_declared(config, plugins, corpus_folder)
     return run_stage(
-        "cpt",
-        keys,
-        cfg,
-        CPT(cfg, plugins, corpus_folder).build,
+        CPT_STAGE,
+        config,
+        **declared,
         force="cpt" in force,
-        resumable=True,
+        plugins=plugins,
+        corpus=corpus_folder,
+        base=base,
     )

@@ -6,6 +6,7 @@ stages they use through class attributes; each stage is cached under ``saved/<st
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from dataclasses import asdict, replace
@@ -33,7 +34,8 @@ from cprec_recbole.llm.sft import SFTSetup, fine_tune, load_trainable_state
 from cprec_recbole.plugins import Plugins
 from cprec_recbole.rec_model import train_rec_model
 from cprec_recbole.results import write_results
-from cprec_recbole.stages import peak_memory_mb, read_manifest, run_stage
+from cprec_recbole.run_config import tracked
+from cprec_recbole.stages import Stage, peak_memory_mb, read_manifest, run_stage
 
 logger = logging.getLogger(__name__)
 REC_MODEL = "SASRec"
@@ -67,8 +69,15 @@ SFT_KEYS = (
     # the generation knobs also decide SFT's validation, hence its early stopping
     "eval_rounds",
     "max_new_tokens",
+    "cpt_checkpoint",
+    "device",
+    "eval_batch_users",
+    # read by the validation SFT runs; the data stage's hash covers them too
+    *("dataset", "model", "candidate_sampler", "num_negatives", "eval_seed", "sparsity_buckets"),
 )
 EVAL_KEYS = ("inference", "score_rule", "score_max_tokens", "merge_lora", "eval_users", "eval_seed")
+#: Keys the LLM stages read that change no result: where things live, progress bars.
+LLM_USES = ("output_dir", "checkpoint_every", "show_progress", "backbone_cache")
 #: SFT validates with its own scoring keys, so a new test-time score rule reuses the SFT stage.
 VALID_SCORING = {"score_rule": "valid_score_rule", "score_max_tokens": "valid_score_max_tokens"}
 
@@ -76,7 +85,7 @@ VALID_SCORING = {"score_rule": "valid_score_rule", "score_max_tokens": "valid_sc
 def validation_context(ctx: EvalContext) -> EvalContext:
     """The eval context SFT validates with: its ``valid_score_*`` keys in place of ``score_*``."""
     return replace(
-        ctx, config={**ctx.config, **{k: ctx.config[v] for k, v in VALID_SCORING.items()}}
+        ctx, config=ctx.config.updated({k: ctx.config[v] for k, v in VALID_SCORING.items()})
     )
 
 
@@ -114,14 +123,13 @@ class LLMRecommender:
         return read_manifest(sft)["metrics"]["best_valid"] if sft else None
 
     def __init__(self, config: dict, data: PreparedData, plugins: Plugins, force: set[str]):
-        self.config, self.data, self.plugins, self.force = config, data, plugins, force
+        self.config, self.data, self.plugins = tracked(config), data, plugins
+        self.force = force
         self.template = plugins.prompt_templates.get(config["prompt_template"])
         text = config.get("text_template")
         self.text_template = plugins.prompt_templates.get(text) if text else None
         self.rec_folder = self._rec_model() if self.uses_rec_model else None
         self.cpt_folder = cpt_stage(config, plugins, force) if self.uses_cpt else None
-        self.item_ids = self._item_ids()
-        self.item_index = {item: row for row, item in enumerate(self.item_ids)}
 
     # ---------------------------------------------------------------- stages
     def _rec_model(self) -> Path:
@@ -132,10 +140,14 @@ class LLMRecommender:
         rec_config = load_config(REC_MODEL, self.config["dataset"], cls, overrides=overrides)
         return train_rec_model(cls, rec_config, self.data, force="rec_model" in self.force)
 
-    def _item_ids(self) -> list[str]:
+    @functools.cached_property
+    def item_index(self) -> dict[str, int]:
+        """Item id -> embedding row (SASRec's rows where its embeddings are used)."""
         if self.rec_folder is not None:
-            return (self.rec_folder / "item_tokens.txt").read_text().split("\n")
-        return ["[PAD]", *self.data.items["item_id"]]
+            ids = (self.rec_folder / "item_tokens.txt").read_text().split("\n")
+        else:
+            ids = ["[PAD]", *self.data.items["item_id"]]
+        return {item: row for row, item in enumerate(ids)}
 
     def item_embeddings(self) -> torch.Tensor | None:
         if self.rec_folder is None:
@@ -143,19 +155,20 @@ class LLMRecommender:
         state = load_checkpoint(self.rec_folder / "model.pth")["state_dict"]
         return state["item_embedding.weight"].float()
 
-    def stage_keys(self, names) -> dict:
-        keys = {k: self.config.get(k) for k in names}
-        keys["model"] = type(self).__name__
-        keys["data_stage"] = self.data.folder.name
-        keys["rec_stage"] = self.rec_folder.name if self.rec_folder else None
-        keys["cpt_stage"] = self.cpt_folder.name if self.cpt_folder else None
-        if self.cpt_folder and self.config.get("cpt_checkpoint") is not None:
-            keys["cpt_stage"] += f"/{self.cpt_adapter().parent.name}"
-        # what the names stand for: a template's text, the schedule's own keys
-        keys["templates"] = [asdict(t) for t in (self.template, self.text_template) if t]
+    def declared(self) -> dict:
+        """The LLM stages' inputs and derived values (what the template and model names stand
+        for) and the schedule's own keys: ``run_stage``'s arguments beyond stage and config."""
         factory = self.plugins.schedulers.get(self.config["lr_scheduler"])
-        keys["schedule"] = {k: self.config.get(k) for k in schedule_keys(factory)}
-        return keys
+        templates = [asdict(t) for t in (self.template, self.text_template) if t]
+        return {
+            "inputs": {
+                "data": self.data.folder,
+                "rec_model": self.rec_folder,
+                "cpt": self.cpt_folder,
+            },
+            "derived": {"model": type(self).__name__, "templates": templates},
+            "extra_reads": schedule_keys(factory),
+        }
 
     def cpt_adapter(self) -> Path:
         """The CPT adapters to start from: the finished CPT's, or with ``cpt_checkpoint`` those
@@ -258,19 +271,15 @@ class LLMRecommender:
     def sft_folder(self) -> Path | None:
         if not self.fine_tunes:
             return None
-        keys = self.stage_keys(SFT_KEYS)
-        return run_stage("sft", keys, self.config, self._sft, "sft" in self.force, resumable=True)
+        force = "sft" in self.force
+        return run_stage(SFT, self.config, **self.declared(), force=force, model=self)
 
     def evaluate(self) -> Path:
         sft = self.sft_folder()
-        keys = {**self.stage_keys(SFT_KEYS + EVAL_KEYS), "sft_stage": sft.name if sft else None}
-        return run_stage(
-            "eval",
-            keys,
-            self.config,
-            lambda f: self._eval(f, sft),
-            "eval" in self.force,
-        )
+        declared = self.declared()
+        declared["inputs"]["sft"] = sft
+        force = "eval" in self.force
+        return run_stage(EVAL, self.config, **declared, force=force, model=self, sft=sft)
 
     def trained(self, sft: Path | None):
         """(model, tokenizer, ctx) as fine-tuned: kept from this process's SFT, else reloaded;
@@ -319,3 +328,30 @@ class LLMRecommender:
         }
         write_results(folder, results)
         return results
+
+
+def _build_sft(folder: Path, config, model: LLMRecommender) -> dict:
+    return model._sft(folder)
+
+
+def _build_eval(folder: Path, config, model: LLMRecommender, sft: Path | None) -> dict:
+    return model._eval(folder, sft)
+
+
+#: LoRA (+ projector) fine-tuned on the downstream domain (resumable: it checkpoints per epoch).
+SFT = Stage(
+    "sft",
+    reads=SFT_KEYS,
+    uses=LLM_USES,
+    needs=("data", "rec_model", "cpt"),
+    build=_build_sft,
+    resumable=True,
+)
+#: Ranks of the test users' candidates; the model's results.
+EVAL = Stage(
+    "eval",
+    reads=(*SFT_KEYS, *EVAL_KEYS),
+    uses=LLM_USES,
+    needs=("data", "rec_model", "cpt", "sft"),
+    build=_build_eval,
+)
