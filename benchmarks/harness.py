@@ -11,9 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cprec_recbole.cli import split_args
-from cprec_recbole.data.prepare import prepare
+from cprec_recbole.command import build_config
+from cprec_recbole.pipeline import pipeline_of, run_pipeline
 from cprec_recbole.plugins import load_plugins
-from cprec_recbole.quick_start import build_config
+from cprec_recbole.run_config import RunConfig
 
 
 @dataclass
@@ -23,6 +24,7 @@ class Bench:
     config: dict
     plugins: object
     recommender: object
+    sft: Path | None  # the SFT stage the recommender's fine-tuned weights come from
     results: Path
     knobs: dict[str, int]
 
@@ -40,9 +42,14 @@ def configure(argv: list[str], knobs: dict[str, int], model: str = "LLaRA"):
     return name, dataset, config, plugins, results, values
 
 
-def setup(argv: list[str], knobs: dict[str, int]) -> Bench:
-    """Parse ``argv``; build the config, prepare the data and construct the recommender."""
+def setup(argv: list[str], knobs: dict[str, int], before: str = "eval") -> Bench:
+    """Parse ``argv``; build the config, run the model's pipeline up to the step ``before``
+    (``eval``: every stage the evaluation reads; ``sft``: those SFT starts from) and construct
+    the recommender."""
     name, dataset, config, plugins, results, values = configure(argv, knobs)
-    data = prepare(config, plugins)
-    recommender = plugins.models.get(name)(config, data, plugins, set())
-    return Bench(name, dataset, config, plugins, recommender, results, values)
+    steps = pipeline_of(plugins.models.get(name))
+    first = min(steps.index(s) for s in (before, "eval") if s in steps)
+    run = run_pipeline(name, RunConfig(config), plugins, until=steps[first - 1])
+    recommender = run.recommender()
+    sft = run.folders.get("sft")
+    return Bench(name, dataset, config, plugins, recommender, sft, results, values)

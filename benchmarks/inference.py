@@ -40,7 +40,7 @@ def main(argv: list[str]) -> dict:
     plugins, model = bench.plugins, bench.recommender
     model.config = model.config.updated(eval_users=bench.knobs["users"])  # read when sampling
     config = model.config
-    llm, tokenizer, ctx = model.trained(model.sft_folder())
+    llm, tokenizer, ctx = model.trained(bench.sft)
     samples = model.eval_samples("test", "eval_users")
     out = {
         "model": bench.name,

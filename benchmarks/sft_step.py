@@ -57,7 +57,7 @@ def timed_steps(model, batches, ctx, loss_fn, anomaly: bool) -> tuple[float, lis
 
 
 def main(argv: list[str]) -> dict:
-    bench = setup(argv, {"batches": 6})
+    bench = setup(argv, {"batches": 6}, before="sft")
     config, recommender, n_batches = bench.config, bench.recommender, bench.knobs["batches"]
     model, tokenizer, ctx = recommender.load()
     model.train()

@@ -100,8 +100,8 @@ def main(argv: list[str] | None = None) -> int:
         dataset = overrides.pop("dataset", None)
         experiment = overrides.pop("experiment", None)
         if experiment and dataset:
+            from cprec_recbole.command import plugin_paths
             from cprec_recbole.experiments import run_experiment
-            from cprec_recbole.quick_start import plugin_paths
 
             loaded = load_plugins(plugin_paths(plugins, config_files, overrides))
             seeds = overrides.pop("seeds", None)

@@ -296,7 +296,7 @@ def check_config(
         name: known_keys(name, dataset, plugins.models.get(name), plugins, {})
         for name in (plugins.models.names() if unknown else [])
     }
-    rec_keys = sasrec if getattr(model_cls, "uses_rec_model", False) else set()
+    rec_keys = sasrec if "sasrec" in getattr(model_cls, "pipeline", ()) else set()
     problems = unknown_key_problems(unknown, known, extra, readers, rec_keys)
     defaults = builtin_values(model, dataset, model_cls, config)
     for key in sorted(known & set(config)):

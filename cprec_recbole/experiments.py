@@ -179,8 +179,9 @@ def run_experiment(
     seeds: int | None = None,
 ) -> Path:
     """Run every arm over the seeds, then write the report; returns the experiment folder."""
+    from cprec_recbole.command import build_config
     from cprec_recbole.config_check import check_config, known_keys
-    from cprec_recbole.quick_start import build_config, run
+    from cprec_recbole.quick_start import run
 
     experiment = load_experiment(name, plugins.experiments.get(name), plugins.models.names())
     seeds = experiment.seeds if seeds is None else int(seeds)
@@ -231,7 +232,7 @@ def run_experiment(
                 **{k: v for k, v in results["test"].items() if isinstance(v, int | float)},
                 "seconds": round(time.time() - began, 1),
                 "folder": results["folder"],
-                **cost_of(Path(results["folder"])),
+                **cost_of(results["stages"]),
             }
         )
     progress.close()
@@ -259,16 +260,18 @@ def run_experiment(
     return folder
 
 
-def cost_of(folder: Path) -> dict[str, float | None]:
-    """Training and inference wall time and peak memory, from the stage manifests: an LLM's
-    training is its SFT (the paper's Table 7 gives it per epoch), its CPT apart; a zero-shot LLM
-    trains nothing. An ID or text model trains and tests in one stage (one peak for both)."""
-    manifest = read_manifest(folder) or {}
-    results = json.loads((folder / "results.json").read_text())
-    train, cpt, epochs = manifest, {}, results.get("epochs")
-    if manifest.get("stage") == "eval":
-        keys = manifest["config"]
-        cpt, train = (_stage(folder.parent.parent, name, keys) for name in ("cpt", "sft"))
+def cost_of(stages: Mapping[str, str | Path | None]) -> dict[str, float | None]:
+    """Training and inference wall time and peak memory, from the manifests of a run's stages
+    (``results["stages"]``, in pipeline order): an LLM's training is its SFT (the paper's Table 7
+    gives it per epoch), its CPT apart; a zero-shot LLM trains nothing. An ID or text model
+    trains and tests in one stage (one peak for both)."""
+    manifests = {k: read_manifest(Path(v)) or {} if v else {} for k, v in stages.items()}
+    last = list(stages.values())[-1]
+    results = json.loads((Path(last) / "results.json").read_text())
+    final = list(manifests.values())[-1]
+    train, epochs = final, results.get("epochs")
+    if final.get("stage") == "eval":
+        train = manifests.get("sft", {})
         epochs = len(train.get("metrics", {}).get("epochs", [])) or None
     train_s = train_seconds(train)
     return {
@@ -276,17 +279,10 @@ def cost_of(folder: Path) -> dict[str, float | None]:
         "epochs": epochs,
         "train_s_per_epoch": round(train_s / epochs, 1) if train_s and epochs else None,
         "train_peak_mb": train.get("peak_memory_mb"),
-        "cpt_s": train_seconds(cpt),
+        "cpt_s": train_seconds(manifests.get("cpt")),
         "eval_s": results.get("eval_time_s"),
-        "eval_peak_mb": manifest.get("peak_memory_mb"),
+        "eval_peak_mb": final.get("peak_memory_mb"),
     }
-
-
-def _stage(stages: Path, name: str, keys: Mapping[str, Any]) -> dict:
-    """The manifest of the ``name`` stage an evaluation used (``{name}_stage``), or {}: also for
-    SFT from an intermediate CPT checkpoint (``<hash>/samples-N``), whose time no manifest holds."""
-    found = keys.get(f"{name}_stage")
-    return (read_manifest(stages / name / found) if found else None) or {}
 
 
 def train_seconds(manifest: Mapping[str, Any] | None) -> float | None:

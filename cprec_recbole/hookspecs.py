@@ -29,13 +29,26 @@ Register = Callable[[str, Any], None]
 def register_models(register: Register) -> None:
     """Add recommender models: ``register("SASRec", cls)``; ``--model=SASRec`` picks one.
 
-    ``cls`` is a RecBole ``SequentialRecommender`` subclass (trained and scored on the persisted
-    candidate sets by the shared ID-model stage), or any class with a classmethod
-    ``run(config, data, plugins, force) -> Path``: the merged config dict, the data stage's
-    ``PreparedData``, the loaded ``Plugins`` and the set of stage names to rebuild. ``run`` runs
-    its own stages and returns the stage folder holding ``results.json`` (``valid`` and ``test``
-    metric dicts, as ``cprec_recbole.results.write_results`` writes them). Subclass
-    ``cprec_recbole.llm.pipeline.LLMRecommender`` for the LLM stages (SASRec, CPT, SFT, eval).
+    ``cls.pipeline`` names the steps the model runs, in order (``cprec_recbole.pipeline.STEPS``;
+    each builds or reuses one cached stage from the folders before it; ``--force=STAGE`` redoes
+    one, ``--plan`` lists them). The last step writes ``results.json`` (``valid`` and ``test``
+    metric dicts, as ``cprec_recbole.results.write_results`` writes them); ``--tune`` compares
+    the valid metrics of the last step that has them (``rec_model`` or ``sft``), so a model
+    whose pipeline has neither cannot be tuned. Two kinds:
+
+    - a RecBole ``SequentialRecommender`` subclass: pipeline ``("data", "rec_model")`` unless
+      it declares one (``("data", "item_text", "rec_model")`` gives it the ``item_text`` stage:
+      ``config["item_text_folder"]``); the ID stage trains it with RecBole's trainer and scores
+      it on the persisted candidate sets, so it must implement ``predict``/``full_sort_predict``.
+    - a subclass of ``cprec_recbole.llm.pipeline.LLMRecommender``, whose pipeline is a subset of
+      ``("data", "sasrec", "corpus", "cpt", "sft", "eval")`` in that order: ``sasrec`` gives
+      hybrid prompts SASRec's item embeddings, ``cpt`` starts LoRA from continual pre-training,
+      ``sft`` fine-tunes LoRA (+ projector) and validates, ``eval`` ranks the test candidates.
+      ``cls(config, data, plugins, folders)`` builds the object from those stages' folders and
+      trains nothing; override its methods (``load``, ``train_windows``, ``epoch_samples``, ...)
+      to change what the stages do; a key they read that the stage does not declare must join
+      ``declared()["extra_reads"]`` (the stage refuses the read otherwise: its hash would miss it).
+
     Defaults: ``properties/model/<name>.yaml`` for the name and each base class, then the YAML
     file at ``cls.properties``; each key a user may set needs a default there.
     """

@@ -18,7 +18,7 @@ from recbole.utils import init_seed
 from cprec_recbole.compat import no_argv
 from cprec_recbole.data.prepare import PreparedData
 from cprec_recbole.results import write_results
-from cprec_recbole.run_config import RunConfig, tracked
+from cprec_recbole.run_config import RunConfig
 from cprec_recbole.stages import EVERY, Stage, peak_memory_mb, run_stage
 from cprec_recbole.trainer import CandidateEvalData, CandidateTrainer
 
@@ -102,12 +102,3 @@ def train_rec_model(
     """Run (or reuse) the ``rec_model`` stage for this model, dataset and hyperparameters."""
     inputs = {"data": data.folder}
     return run_stage(REC_MODEL, config, inputs, force=force, model_cls=model_cls, data=data)
-
-
-def train_id_model(model_cls: type, config: dict, data: PreparedData, plugins, force=()) -> Path:
-    """The ``rec_model`` stage of a model run on its own (CLI, Tune trials): first the stages
-    it reads, i.e. item text vectors for a text-aware model (``reads_item_text``)."""
-    from cprec_recbole.text_encoder import with_item_text
-
-    config = with_item_text(tracked(config), data, plugins, model_cls, "item_text" in force)
-    return train_rec_model(model_cls, config, data, force="rec_model" in force)

@@ -100,17 +100,6 @@ def item_text_stage(config: RunConfig, data, plugins: Plugins, force: bool = Fal
     return run_stage(ITEM_TEXT, config, inputs, force=force, data=data, plugins=plugins)
 
 
-def with_item_text(
-    config: RunConfig, data, plugins: Plugins, model_cls, force: bool = False
-) -> RunConfig:
-    """A model that reads item text (``reads_item_text``) gets the item_text stage's folder;
-    its name joins the model stage's key, its path does not."""
-    if not getattr(model_cls, "reads_item_text", False):
-        return config
-    folder = item_text_stage(config, data, plugins, force)
-    return config.updated(item_text_stage=folder.name, item_text_folder=str(folder))
-
-
 def aligned_rows(item_ids: list[str], tokens: list[str], vectors: np.ndarray) -> np.ndarray:
     """Text vectors in RecBole's internal item order (``tokens``; row 0 is padding: zeros)."""
     index = {item: row for row, item in enumerate(item_ids)}

@@ -3,10 +3,10 @@ learning rate {6e-4, 3e-4, 1e-4}, grid).
 
 Trials share the stage cache: every stage folder is keyed by the config it reads and built under
 a lock, so trials that need the same data, SASRec, corpus or CPT wait for one build and reuse it,
-and trials that differ write different folders. The stages of the first grid point are built
-before the trials start, which for a learning-rate search is every stage but the trial's own.
-A trial trains and validates (ID models: their stage, which also tests; LLM models: SFT, which
-validates); the chosen trial, picked by valid hr@1 (x valid_ratio for generation), alone is
+and trials that differ write different folders. The steps of the model's pipeline that no
+searched key changes are built once before the trials start (``run_shared``: for an LLM
+learning-rate search, data, SASRec, corpus and CPT). A trial runs the pipeline up to its
+validating step (ID models: their stage, which also tests; LLM models: SFT, which validates); the chosen trial, picked by valid hr@1 (x valid_ratio for generation), alone is
 evaluated on test. Ray 2.6.3: the version RecBole 1.2.1 pins (and imports at start-up); its
 ``Tuner`` / ``TuneConfig`` / ``air.RunConfig`` / ``air.session.report`` API.
 """
@@ -14,7 +14,6 @@ evaluated on test. Ray 2.6.3: the version RecBole 1.2.1 pins (and imports at sta
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import os
 from collections.abc import Iterable, Mapping
@@ -23,11 +22,14 @@ from typing import Any
 
 import pandas as pd
 
-from cprec_recbole.config_check import check_config, is_recbole_model
+from cprec_recbole.command import build_config
+from cprec_recbole.config_check import check_config
 from cprec_recbole.errors import ConfigError
 from cprec_recbole.io import write_json, write_text
+from cprec_recbole.pipeline import run_pipeline, run_shared, valid_metrics, validating_step
 from cprec_recbole.plugins import Plugins, load_plugins
 from cprec_recbole.results import markdown_table
+from cprec_recbole.run_config import RunConfig
 from cprec_recbole.stages import config_hash
 
 logger = logging.getLogger(__name__)
@@ -58,26 +60,10 @@ def absolute_paths(overrides: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def validate(model: str, config: dict, plugins: Plugins, force: set[str]) -> dict:
-    """Train ``model`` with ``config`` and return its valid metrics (no test evaluation for LLM
-    models: their ``validate`` stops after SFT)."""
-    from cprec_recbole.data.prepare import prepare
-    from cprec_recbole.rec_model import train_id_model
-
-    data = prepare(config, plugins, force="data" in force)
-    model_cls = plugins.models.get(model)
-    if is_recbole_model(model_cls):
-        folder = train_id_model(model_cls, config, data, plugins, force)
-        return json.loads((folder / "results.json").read_text())["valid"]
-    return model_cls.validate(config, data, plugins, force)
-
-
 def trial(params: dict, setup: dict) -> None:
     """One Ray Tune trial: the base overrides plus its grid point, reported to Tune."""
     import torch
     from ray.air import session
-
-    from cprec_recbole.quick_start import build_config
 
     torch.set_num_threads(max(1, int(setup["cpus"])))
     plugins = load_plugins(setup["plugin_files"])
@@ -85,7 +71,9 @@ def trial(params: dict, setup: dict) -> None:
     config = build_config(
         setup["model"], setup["dataset"], plugins, setup["config_files"], overrides
     )
-    valid = validate(setup["model"], config, plugins, set(setup["force"]))
+    step = validating_step(plugins.models.get(setup["model"]))
+    run = run_pipeline(setup["model"], RunConfig(config), plugins, until=step)
+    valid = valid_metrics(run, step)
     numbers = {f"valid_{k}": v for k, v in valid.items() if isinstance(v, int | float)}
     session.report({"score": selection_score(valid), **numbers})
 
@@ -111,18 +99,13 @@ def run_tune(
     overrides: Mapping[str, Any],
     plugin_files: Iterable[str | Path],
     force: Iterable[str] = (),
-) -> dict:
-    """Search ``tune_space``, write the trial table, evaluate the chosen point on test."""
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Search ``tune_space`` and write the trial table; returns the chosen point and the
+    search's summary (:func:`record_choice` adds the chosen point's test results)."""
     import ray
     from ray import air, tune
 
-    from cprec_recbole.quick_start import build_config, run
-
-    model_cls = plugins.models.get(model)
-    trains = is_recbole_model(model_cls) or (
-        hasattr(model_cls, "validate") and getattr(model_cls, "fine_tunes", True)
-    )
-    if not trains:
+    if validating_step(plugins.models.get(model)) is None:
         raise ConfigError(f"--tune=true: model {model} trains nothing, so no trial can differ")
     points = grid(config.get("tune_space"))
     overrides = absolute_paths({k: v for k, v in overrides.items() if k not in TUNE_KEYS})
@@ -145,7 +128,7 @@ def run_tune(
     )
     folder = Path(config["output_dir"]).resolve() / "tune" / f"{model}-{dataset}-{space_key}"
     logger.info("tune: %d trials of %s on %s into %s", len(points), model, dataset, folder)
-    shared_stages(model, configs[0], plugins, set(force))
+    run_shared(model, RunConfig(configs[0]), plugins, points[0], force)
     resources = trial_resources(config)
     setup = {
         "model": model,
@@ -153,7 +136,7 @@ def run_tune(
         "overrides": overrides,
         "config_files": config_files,
         "plugin_files": plugin_files,
-        "force": [],  # forced stages are rebuilt once, by shared_stages, not by every trial
+        "force": [],  # forced stages are rebuilt once, by run_shared, not by every trial
         "cpus": resources["cpu"],
     }
     address = config.get("ray_address")
@@ -178,30 +161,20 @@ def run_tune(
     write_text(folder / "trials.csv", table.to_csv(index=False))
     write_text(folder / "trials.md", _markdown(table, chosen))
     logger.info("tune: chosen %s (valid score %.4f)\n%s", chosen, best["score"], table.to_string())
-    results = run(
-        model, dataset, config_files, {**overrides, **chosen, "tune": False}, plugin_files, force=()
-    )
     summary = {
         "chosen": chosen,
         "valid_score": float(best["score"]),
         "trials": len(points),
-        "test": results["test"],
-        "folder": results["folder"],
         "tune_folder": str(folder),
     }
-    write_json(folder / "chosen.json", summary)
-    return {**results, "tune": summary}
+    return chosen, summary
 
 
-def shared_stages(model: str, config: dict, plugins: Plugins, force: set[str]) -> None:
-    """Build the stages before the trials that they (most likely) share: data, and for an LLM
-    model its SASRec, corpus and CPT (its constructor builds them)."""
-    from cprec_recbole.data.prepare import prepare
-
-    data = prepare(config, plugins, force="data" in force)
-    model_cls = plugins.models.get(model)
-    if not is_recbole_model(model_cls) and hasattr(model_cls, "validate"):
-        model_cls(config, data, plugins, force)
+def record_choice(summary: Mapping[str, Any], results: Mapping[str, Any]) -> dict:
+    """The search's summary with the chosen point's test results, written as ``chosen.json``."""
+    summary = {**summary, "test": results["test"], "folder": results["folder"]}
+    write_json(Path(summary["tune_folder"]) / "chosen.json", summary)
+    return summary
 
 
 def trial_table(grid_results, points: list[dict]) -> pd.DataFrame:

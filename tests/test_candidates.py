@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from cprec_recbole.command import build_config
 from cprec_recbole.data.candidates import draw_candidate_sets, load_candidate_sets
 from cprec_recbole.data.prepare import prepare
 from cprec_recbole.data.transforms import leave_one_out, user_sequences
-from cprec_recbole.quick_start import build_config, run
+from cprec_recbole.quick_start import run
 from tests.conftest import TINY_SIZES, cyclic_sequences
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from cprec_recbole.cli import main
+from cprec_recbole.command import build_config
 from cprec_recbole.config import load_config, parse_overrides, read_yaml
 from cprec_recbole.config_check import NAMED, OWN_KEYS, RECBOLE_RUNTIME, RULES, check_config
 from cprec_recbole.data.corpus import CORPUS
@@ -16,7 +17,6 @@ from cprec_recbole.errors import ConfigError
 from cprec_recbole.llm.cpt import CPT_STAGE
 from cprec_recbole.llm.pipeline import EVAL, SFT
 from cprec_recbole.llm.schedulers import schedule_keys
-from cprec_recbole.quick_start import build_config
 from cprec_recbole.text_encoder import ITEM_TEXT
 from tests.conftest import REPO
 

@@ -352,16 +352,19 @@ def test_compile_without_a_cpp_compiler_is_refused_before_training(monkeypatch):
 def test_ds_and_stable_mix_start_from_cprecs_run_and_end_as_if_trained_from_scratch(
     cpt_overrides, tmp_path
 ):
+    from cprec_recbole.command import build_config
+    from cprec_recbole.data.corpus import corpus_stage
     from cprec_recbole.llm.cpt import cpt_stage
     from cprec_recbole.plugins import load_plugins
-    from cprec_recbole.quick_start import build_config
+    from cprec_recbole.run_config import RunConfig
     from cprec_recbole.stages import read_manifest
 
     plugins = load_plugins()
 
     def cpt(variant: str, output_dir: Path) -> Path:
         wanted = {**cpt_overrides, "output_dir": str(output_dir), "cpt_variant": variant}
-        return cpt_stage(build_config("CPRec", "Tiny", plugins, [], wanted), plugins)
+        config = RunConfig(build_config("CPRec", "Tiny", plugins, [], wanted))
+        return cpt_stage(config, plugins, corpus_stage(config, plugins))
 
     def adapter(folder: Path) -> dict:
         return load_file(folder / "adapter" / "adapter_model.safetensors")
@@ -413,3 +416,4 @@ def test_plan_shows_a_partly_built_cprec_cached_partial_and_to_build_and_writes_
     assert " to build " in rows["sft"] and " to build " in rows["eval"]
     wall = json.loads(next(saved.glob("sft/*/manifest.json")).read_text())["wall_time_s"]
     assert f" {wall:.1f} " in rows["sft"]  # the last SFT build's wall time, for an estimate
+

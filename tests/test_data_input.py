@@ -8,11 +8,11 @@ import shutil
 import pandas as pd
 import pytest
 
+from cprec_recbole.command import build_config
 from cprec_recbole.data.domain import INTER_FIELDS, ITEM_FIELDS, AtomicFileDomain, read_atomic
 from cprec_recbole.data.prepare import prepare
 from cprec_recbole.errors import DataError
 from cprec_recbole.plugins import UnknownNameError
-from cprec_recbole.quick_start import build_config
 from tests.conftest import INTER_HEADER, ITEM_HEADER, cyclic_sequences, write_dataset
 
 BAD_FILES = {

@@ -14,6 +14,7 @@ from llm_fixtures import (  # noqa: F401  (pytest fixtures)
     tiny_tokenizer_fixture,
 )
 
+from cprec_recbole.command import build_config
 from cprec_recbole.config_check import check_config
 from cprec_recbole.errors import ConfigError
 from cprec_recbole.llm.batching import encode_batch
@@ -21,7 +22,7 @@ from cprec_recbole.llm.cpt import CPT_STAGE, cpt_declared
 from cprec_recbole.llm.prompts import render
 from cprec_recbole.llm.schedulers import learning_rates, schedule_keys
 from cprec_recbole.plugins import load_plugins
-from cprec_recbole.quick_start import build_config, run
+from cprec_recbole.quick_start import run
 from cprec_recbole.run_config import RunConfig
 from cprec_recbole.stages import stage_folder
 

@@ -120,21 +120,30 @@ def _stage(folder, manifest, results=None):
 
 
 def test_cost_of_an_llm_is_its_sft_with_its_cpt_apart(tmp_path):
-    _stage(tmp_path / "cpt" / "c1", {"stage": "cpt", "metrics": {"train_time_s": 50.0}})
+    cpt = _stage(tmp_path / "cpt" / "c1", {"stage": "cpt", "metrics": {"train_time_s": 50.0}})
     sft = {"stage": "sft", "peak_memory_mb": 7.0, "metrics": {"epochs": [{"train_time_s": 9.0}]}}
-    _stage(tmp_path / "sft" / "s1", sft)
+    sft = _stage(tmp_path / "sft" / "s1", sft)
     evaluation = {"stage": "eval", "peak_memory_mb": 3.0}
-    cprec = {**evaluation, "config": {"cpt_stage": "c1", "sft_stage": "s1"}}
-    cpt_only = {**evaluation, "config": {"cpt_stage": "c1", "sft_stage": None}}
-    zero_shot = {**evaluation, "config": {"cpt_stage": None, "sft_stage": None}}
     sasrec = {"stage": "rec_model", "wall_time_s": 4.0, "peak_memory_mb": 1.0}
-    found = {
-        name: cost_of(_stage(tmp_path / "eval" / name, manifest, {"eval_time_s": 2.0}))
-        for name, manifest in [("cprec", cprec), ("cpt_only", cpt_only), ("zero", zero_shot)]
+    sasrec_folder = _stage(tmp_path / "rec_model" / "r1", sasrec, {"epochs": 8, "eval_time_s": 0.5})
+    pipelines = {
+        "cprec": {"rec_model": sasrec_folder, "cpt": cpt, "sft": sft},
+        "cpt_only": {"cpt": cpt},
+        "zero": {"rec_model": None},
     }
-    id_results = {"epochs": 8, "eval_time_s": 0.5}
-    found["sasrec"] = cost_of(_stage(tmp_path / "rec_model" / "r1", sasrec, id_results))
-    found["old"] = cost_of(_stage(tmp_path / "rec_model" / "r0", sasrec, {}))  # no epoch count
+    found = {
+        name: cost_of(
+            {
+                "data": tmp_path,
+                **stages,
+                "eval": _stage(tmp_path / "eval" / name, evaluation, {"eval_time_s": 2.0}),
+            }
+        )
+        for name, stages in pipelines.items()
+    }
+    found["sasrec"] = cost_of({"data": tmp_path, "rec_model": sasrec_folder})
+    old = _stage(tmp_path / "rec_model" / "r0", sasrec, {})  # no epoch count
+    found["old"] = cost_of({"data": tmp_path, "rec_model": old})
     columns = ("train_s", "epochs", "train_s_per_epoch", "cpt_s", "eval_s")
     assert {name: tuple(c[k] for k in columns) for name, c in found.items()} == {
         "cprec": (9.0, 1, 9.0, 50.0, 2.0),

@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 
 from cprec_recbole.builtin.prompt_templates import CHATREC
+from cprec_recbole.command import build_config
 from cprec_recbole.llm.prompts import render
 from cprec_recbole.llm.sft import hybrid_probability
-from cprec_recbole.quick_start import build_config, run
+from cprec_recbole.quick_start import run
 from tests.reported_metrics import assert_metrics_follow_from_ranks
 
 

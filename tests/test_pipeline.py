@@ -10,9 +10,10 @@ import pytest
 from recbole.data import create_dataset
 
 from cprec_recbole.cli import main
+from cprec_recbole.command import build_config
 from cprec_recbole.compat import load_checkpoint
 from cprec_recbole.data.prepare import prepare
-from cprec_recbole.quick_start import build_config, run
+from cprec_recbole.quick_start import run
 from cprec_recbole.rec_model import recbole_config
 from cprec_recbole.trainer import CandidateEvalData, CandidateTrainer
 from tests.conftest import REPO, TINY_SIZES, cyclic_sequences

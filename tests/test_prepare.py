@@ -9,9 +9,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from cprec_recbole.command import build_config
 from cprec_recbole.data.prepare import prepare
 from cprec_recbole.plugins import load_plugins
-from cprec_recbole.quick_start import build_config
 from tests.conftest import cyclic_sequences
 
 # A plain class (no dataclass repr, no fingerprint) that returns its CSV rows in file order.

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from cprec_recbole.command import build_config
 from cprec_recbole.data.prepare import prepare
-from cprec_recbole.quick_start import build_config
 from tests.conftest import REPO
 
 SHARED = REPO.parent / "shared" / "data"

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from cprec_recbole.command import build_config
 from cprec_recbole.config import PROPERTIES, read_yaml
 from cprec_recbole.data.prepare import prepare
 from cprec_recbole.errors import ConfigError
-from cprec_recbole.quick_start import build_config
 from cprec_recbole.text_encoder import encode, item_text_stage, load_item_text
 from tests.conftest import cyclic_sequences, write_dataset
 

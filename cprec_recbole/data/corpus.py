@@ -389,14 +389,19 @@ def build_corpus(
 CORPUS = Stage("corpus", reads=CORPUS_KEYS, uses=("data_path",), build=build_corpus)
 
 
-def corpus_stage(config: RunConfig, plugins: Plugins, force: bool = False) -> Path:
-    """Run (or reuse) the corpus stage; its folder holds ``samples.parquet`` and ``items.parquet``."""
+def corpus_domains(config: RunConfig, plugins: Plugins) -> tuple[dict, dict[str, Any]]:
+    """The CPT domains by name and what the corpus hash derives from them (names, files)."""
     settings = _settings(config)
     plugins.mixing_rules.get(settings["mixing_rule"])  # an unknown rule fails before loading
     names = resolve_cpt_domains(config, plugins)
     domains = {n: resolve_domain(_domain_config(config, n), plugins) for n in names}
     sources = {n: domain_source(d, _domain_config(config, n)) for n, d in domains.items()}
-    derived = {"domains": names, "sources": sources}
+    return domains, {"domains": names, "sources": sources}
+
+
+def corpus_stage(config: RunConfig, plugins: Plugins, force: bool = False) -> Path:
+    """Run (or reuse) the corpus stage; its folder holds ``samples.parquet`` and ``items.parquet``."""
+    domains, derived = corpus_domains(config, plugins)
     return run_stage(CORPUS, config, derived=derived, force=force, plugins=plugins, domains=domains)
 
 

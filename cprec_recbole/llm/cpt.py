@@ -29,7 +29,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cprec_recbole.data.corpus import Corpus, corpus_stage, load_corpus, resolve_cpt_domains
+from cprec_recbole.data.corpus import (
+    CORPUS,
+    Corpus,
+    corpus_domains,
+    load_corpus,
+    resolve_cpt_domains,
+)
 from cprec_recbole.errors import ConfigError
 from cprec_recbole.llm.backbone import BACKBONE_KEYS, add_lora, load_backbone
 from cprec_recbole.llm.batching import encode_batch, prompt_titles
@@ -190,12 +196,11 @@ def sample_lengths(corpus: Corpus, title_tokens: np.ndarray, template_tokens: in
 def cpt_declared(config: RunConfig, plugins: Plugins, corpus_folder: Path) -> dict:
     """The CPT stage's inputs, derived values (the template's text) and the schedule's own keys:
     ``run_stage``'s and ``stage_folder``'s arguments beyond the stage and config."""
-    factory = plugins.schedulers.get(config["cpt_scheduler"])
     template = plugins.prompt_templates.get(config["cpt_template"])
     return {
         "inputs": {"corpus": corpus_folder},
         "derived": {"template": asdict(template)},
-        "extra_reads": schedule_keys(factory),
+        "extra_reads": cpt_extra_reads(config, plugins),
     }
 
 
@@ -415,12 +420,12 @@ def _copy_checkpoint(source: Path, step: int, target: Path, rates: np.ndarray) -
 
 
 def base_cpt_folder(config: RunConfig, plugins: Plugins) -> Path:
-    """The CPT stage folder of the run that ``add_domain`` continues (same config, base domains);
-    builds the base corpus if it is missing (then that run is missing too, which CPT reports)."""
+    """The CPT stage folder of the run that ``add_domain`` continues (same config, base domains),
+    computed without building anything (a missing base run is reported by the CPT build)."""
     base = config.without("add_domain", "resume_from").updated(
         cpt_domains=[d for d in config["cpt_domains"] if d != config["add_domain"]]
     )
-    corpus = corpus_stage(base, plugins)
+    corpus = stage_folder(CORPUS, base, derived=corpus_domains(base, plugins)[1])
     return stage_folder(CPT_STAGE, base, **cpt_declared(base, plugins, corpus))
 
 
@@ -441,32 +446,36 @@ CPT_STAGE = Stage(
 )
 
 
-def cpt_stage(config: RunConfig, plugins: Plugins, force=()) -> Path:
-    """Run (or reuse, or continue after a kill) the CPT stage for ``config``."""
+def cpt_config(config: RunConfig, plugins: Plugins) -> RunConfig:
+    """The config of the corpus and CPT stages: with ``add_domain``, the base run's domains plus
+    the added one (checked: a new domain, continued from the stable checkpoint)."""
     config = tracked(config)
     added = config.get("add_domain")
-    base = None
-    if added:
-        domains = resolve_cpt_domains(config.updated(add_domain=None), plugins)
-        if added in domains:
-            raise ConfigError(
-                f"add_domain {added!r} is already a CPT domain of the base run "
-                f"({', '.join(domains)}); list the base run's domains in cpt_domains"
-            )
-        if config.get("resume_from") != "stable":
-            raise ConfigError(
-                "add_domain needs resume_from: stable (re-anneal from the stable checkpoint)"
-            )
-        config = config.updated(cpt_domains=[*domains, added])
-        base = base_cpt_folder(config, plugins)
-    corpus_folder = corpus_stage(config, plugins, force="corpus" in force)
-    declared = cpt_declared(config, plugins, corpus_folder)
+    if not added:
+        return config
+    domains = resolve_cpt_domains(config.updated(add_domain=None), plugins)
+    if added in domains:
+        raise ConfigError(
+            f"add_domain {added!r} is already a CPT domain of the base run "
+            f"({', '.join(domains)}); list the base run's domains in cpt_domains"
+        )
+    if config.get("resume_from") != "stable":
+        raise ConfigError(
+            "add_domain needs resume_from: stable (re-anneal from the stable checkpoint)"
+        )
+    return config.updated(cpt_domains=[*domains, added])
+
+
+def cpt_extra_reads(config: RunConfig, plugins: Plugins) -> tuple[str, ...]:
+    """The keys of the CPT schedule's own (a plugin scheduler may read its own keys)."""
+    return tuple(schedule_keys(plugins.schedulers.get(config["cpt_scheduler"])))
+
+
+def cpt_stage(config: RunConfig, plugins: Plugins, corpus: Path, force: bool = False) -> Path:
+    """Run (or reuse, or continue after a kill) the CPT stage on the ``corpus`` stage folder;
+    ``config`` as :func:`cpt_config` makes it."""
+    base = base_cpt_folder(config, plugins) if config.get("add_domain") else None
+    declared = cpt_declared(config, plugins, corpus)
     return run_stage(
-        CPT_STAGE,
-        config,
-        **declared,
-        force="cpt" in force,
-        plugins=plugins,
-        corpus=corpus_folder,
-        base=base,
+        CPT_STAGE, config, **declared, force=force, plugins=plugins, corpus=corpus, base=base
     )

@@ -1,7 +1,9 @@
-"""The staged pipeline every LLM recommender shares.
+"""What every LLM recommender shares: the model object its SFT and evaluation stages build from.
 
-rec_model (SASRec, for hybrid prompts) -> sft (LoRA + projector) -> eval. Subclasses say which
-stages they use through class attributes; each stage is cached under ``saved/<stage>/<hash>/``.
+A model class declares its pipeline (:mod:`cprec_recbole.pipeline`): LLaRA's is data -> SASRec
+(for hybrid prompts) -> sft (LoRA + projector) -> eval; CPRec adds corpus -> cpt before sft. The
+object is built from the folders of the stages before SFT and trains nothing itself; each stage
+is cached under ``saved/<stage>/<hash>/``.
 """
 
 from __future__ import annotations
@@ -9,8 +11,10 @@ from __future__ import annotations
 import functools
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -25,7 +29,6 @@ from cprec_recbole.errors import ConfigError
 from cprec_recbole.io import write_atomic
 from cprec_recbole.llm.backbone import BACKBONE_KEYS, add_lora, add_special_tokens, load_backbone
 from cprec_recbole.llm.batching import LLMSample, prompt_titles
-from cprec_recbole.llm.cpt import cpt_stage
 from cprec_recbole.llm.inference import EvalContext, output_metrics
 from cprec_recbole.llm.loop import ADAPTER, CHECKPOINTS, load_adapter
 from cprec_recbole.llm.projector import Projector
@@ -104,41 +107,37 @@ def to_samples(rows: pd.DataFrame) -> list[LLMSample]:
     ]
 
 
+def train_sasrec(
+    config: Mapping[str, Any], data: PreparedData, plugins: Plugins, force: bool = False
+) -> Path:
+    """The SASRec of hybrid prompts: stock settings (+ ``rec_model_overrides``), so its stage is
+    the one ``--model=SASRec`` trains."""
+    cls = plugins.models.get(REC_MODEL)
+    keep = {k: config[k] for k in ("data_path", "output_dir", "show_progress")}
+    overrides = {**keep, **(config.get("rec_model_overrides") or {})}
+    rec_config = load_config(REC_MODEL, config["dataset"], cls, overrides=overrides)
+    return train_rec_model(cls, tracked(rec_config), data, force=force)
+
+
 class LLMRecommender:
-    """Base of the LLM models; ``run`` is what the shared CLI calls."""
+    """Base of the LLM models: the zero-shot pipeline (data -> eval) and the stages' builds."""
 
-    uses_rec_model = True  # hybrid prompts need SASRec's item embeddings
-    fine_tunes = True
-    uses_cpt = False  # LoRA starts from the continual pre-training stage's adapters
+    pipeline = ("data", "eval")
 
-    @classmethod
-    def run(cls, config: dict, data: PreparedData, plugins: Plugins, force=()) -> Path:
-        return cls(config, data, plugins, set(force)).evaluate()
-
-    @classmethod
-    def validate(cls, config: dict, data: PreparedData, plugins: Plugins, force=()) -> dict | None:
-        """The best valid metrics of fine-tuning (None for a model that does not fine-tune):
-        what a learning-rate search compares, without touching the test split."""
-        sft = cls(config, data, plugins, set(force)).sft_folder()
-        return read_manifest(sft)["metrics"]["best_valid"] if sft else None
-
-    def __init__(self, config: dict, data: PreparedData, plugins: Plugins, force: set[str]):
+    def __init__(
+        self,
+        config: Mapping[str, Any],
+        data: PreparedData,
+        plugins: Plugins,
+        folders: Mapping[str, Path | None],
+    ):
         self.config, self.data, self.plugins = tracked(config), data, plugins
-        self.force = force
         self.template = plugins.prompt_templates.get(config["prompt_template"])
         text = config.get("text_template")
         self.text_template = plugins.prompt_templates.get(text) if text else None
-        self.rec_folder = self._rec_model() if self.uses_rec_model else None
-        self.cpt_folder = cpt_stage(config, plugins, force) if self.uses_cpt else None
-
-    # ---------------------------------------------------------------- stages
-    def _rec_model(self) -> Path:
-        """SASRec with stock settings (+ ``rec_model_overrides``), shared with ``--model=SASRec``."""
-        cls = self.plugins.models.get(REC_MODEL)
-        keep = {k: self.config[k] for k in ("data_path", "output_dir", "show_progress")}
-        overrides = {**keep, **(self.config.get("rec_model_overrides") or {})}
-        rec_config = load_config(REC_MODEL, self.config["dataset"], cls, overrides=overrides)
-        return train_rec_model(cls, rec_config, self.data, force="rec_model" in self.force)
+        self.rec_folder = folders.get("rec_model")  # SASRec, for hybrid prompts
+        self.cpt_folder = folders.get("cpt")  # the LoRA adapters SFT starts from
+        self.fine_tunes = "sft" in self.pipeline
 
     @functools.cached_property
     def item_index(self) -> dict[str, int]:
@@ -154,6 +153,10 @@ class LLMRecommender:
             return None
         state = load_checkpoint(self.rec_folder / "model.pth")["state_dict"]
         return state["item_embedding.weight"].float()
+
+    def reads(self, stage: str) -> tuple[str, ...]:
+        """The keys the ``sft`` or ``eval`` stage reads, the scheduler's own keys included."""
+        return (*{"sft": SFT, "eval": EVAL}[stage].reads, *self.declared()["extra_reads"])
 
     def declared(self) -> dict:
         """The LLM stages' inputs and derived values (what the template and model names stand
@@ -206,9 +209,9 @@ class LLMRecommender:
             projector = Projector(embeddings.shape[1], model.config.hidden_size)
             projector.to(device=model.device, dtype=model.dtype)
             embeddings = embeddings.to(model.device)
-        if self.fine_tunes or self.uses_cpt:
+        if self.fine_tunes or self.cpt_folder is not None:
             model = add_lora(model, self.config)
-        if self.uses_cpt:
+        if self.cpt_folder is not None:
             load_adapter(model, self.cpt_adapter())
         ctx = EvalContext(
             self.template,
@@ -268,17 +271,14 @@ class LLMRecommender:
         self._loaded = (model, tokenizer, ctx)
         return metrics
 
-    def sft_folder(self) -> Path | None:
-        if not self.fine_tunes:
-            return None
-        force = "sft" in self.force
+    def sft_folder(self, force: bool = False) -> Path:
+        """Run (or reuse, or continue) the SFT stage."""
         return run_stage(SFT, self.config, **self.declared(), force=force, model=self)
 
-    def evaluate(self) -> Path:
-        sft = self.sft_folder()
+    def evaluate(self, sft: Path | None, force: bool = False) -> Path:
+        """Run (or reuse) the eval stage of the model fine-tuned in ``sft`` (None: as loaded)."""
         declared = self.declared()
         declared["inputs"]["sft"] = sft
-        force = "eval" in self.force
         return run_stage(EVAL, self.config, **declared, force=force, model=self, sft=sft)
 
     def trained(self, sft: Path | None):

@@ -12,6 +12,4 @@ from cprec_recbole.models.llara import LLaRA
 
 class CPTLLaRA(LLaRA):
     properties = PROPERTIES / "cpt.yaml"
-    uses_rec_model = False
-    fine_tunes = False
-    uses_cpt = True
+    pipeline = ("data", "corpus", "cpt", "eval")

@@ -4,5 +4,4 @@ from cprec_recbole.llm.pipeline import LLMRecommender
 
 
 class LLaMA2ZeroShot(LLMRecommender):
-    uses_rec_model = False
-    fine_tunes = False
+    pipeline = ("data", "eval")

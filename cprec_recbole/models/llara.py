@@ -8,5 +8,4 @@ from cprec_recbole.llm.pipeline import LLMRecommender
 
 
 class LLaRA(LLMRecommender):
-    uses_rec_model = True
-    fine_tunes = True
+    pipeline = ("data", "sasrec", "sft", "eval")

@@ -147,7 +147,7 @@ class MoRec(SASRec):
     """SASRec over text-encoder item vectors: frozen with a trained projection, or end to end."""
 
     properties = PROPERTIES / "text_encoder.yaml"
-    reads_item_text = True  # the ID pipeline runs the item_text stage and passes its folder
+    pipeline = ("data", "item_text", "rec_model")  # the item_text stage's folder joins the config
 
     def __init__(self, config: Config, dataset: Dataset) -> None:
         super().__init__(config, dataset)

@@ -1,0 +1,207 @@
+"""A model's pipeline: the steps it declares, in order, each building or reusing one stage.
+
+``CPRec.pipeline = ("data", "sasrec", "corpus", "cpt", "sft", "eval")``: the paper's pipeline, in
+the model's own file. :func:`run_pipeline` walks it; a step runs one cached stage
+(:mod:`cprec_recbole.stages`) from the folders of the steps before it, so model constructors build
+objects and train nothing. A search runs the steps that no searched key changes once, before its
+trials (:func:`shared_steps`), and each trial the rest up to the step that validates.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cprec_recbole.errors import ConfigError
+from cprec_recbole.plugins import Plugins
+from cprec_recbole.run_config import RunConfig
+from cprec_recbole.stages import EVERY, read_manifest
+
+#: The pipeline of a model class that declares none: a RecBole model, trained by the ID stage.
+ID_PIPELINE = ("data", "rec_model")
+
+
+@dataclass
+class PipelineRun:
+    """What the steps of one run share: its config, plugins, the stages to rebuild, the folder of
+    every stage so far (None: a stage this model does not use) and the objects built from them."""
+
+    model: str
+    config: RunConfig
+    plugins: Plugins
+    force: frozenset[str] = frozenset()
+    folders: dict[str, Path | None] = field(default_factory=dict)
+    data: Any = None  # the data stage's PreparedData
+    _recommender: Any = None
+
+    @property
+    def model_cls(self) -> type:
+        return self.plugins.models.get(self.model)
+
+    def recommender(self) -> Any:
+        """The model object of an LLM pipeline, built once from the folders so far (its
+        constructor reads them; it trains nothing). SFT and evaluation share it, so the model
+        SFT trained is evaluated without a second load."""
+        if self._recommender is None:
+            self._recommender = self.model_cls(self.config, self.data, self.plugins, self.folders)
+        return self._recommender
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step: ``run`` builds or reuses the ``stage`` folder and returns it; ``reads`` names the
+    keys of the run's config that decide its result (``EVERY``: all of them), which tells a
+    search whether its trials share the step; ``valid`` reads a validating step's valid metrics
+    from its folder (what a search compares; the test split stays untouched)."""
+
+    stage: str
+    run: Callable[[PipelineRun], Path]
+    reads: Callable[[PipelineRun], Iterable[str]]
+    valid: Callable[[Path], Mapping[str, Any]] | None = None
+
+
+def _data(run: PipelineRun) -> Path:
+    from cprec_recbole.data.prepare import prepare
+
+    run.data = prepare(run.config, run.plugins, force="data" in run.force)
+    return run.data.folder
+
+
+def _item_text(run: PipelineRun) -> Path:
+    from cprec_recbole.text_encoder import item_text_stage
+
+    folder = item_text_stage(run.config, run.data, run.plugins, "item_text" in run.force)
+    # the model stage hashes the item_text stage's name, not its path
+    run.config = run.config.updated(item_text_stage=folder.name, item_text_folder=str(folder))
+    return folder
+
+
+def _rec_model(run: PipelineRun) -> Path:
+    from cprec_recbole.rec_model import train_rec_model
+
+    force = "rec_model" in run.force
+    return train_rec_model(run.model_cls, run.config, run.data, force=force)
+
+
+def _sasrec(run: PipelineRun) -> Path:
+    from cprec_recbole.llm.pipeline import train_sasrec
+
+    return train_sasrec(run.config, run.data, run.plugins, force="rec_model" in run.force)
+
+
+def _corpus(run: PipelineRun) -> Path:
+    from cprec_recbole.data.corpus import corpus_stage
+    from cprec_recbole.llm.cpt import cpt_config
+
+    config = cpt_config(run.config, run.plugins)
+    return corpus_stage(config, run.plugins, force="corpus" in run.force)
+
+
+def _cpt(run: PipelineRun) -> Path:
+    from cprec_recbole.llm.cpt import cpt_config, cpt_stage
+
+    config = cpt_config(run.config, run.plugins)
+    return cpt_stage(config, run.plugins, run.folders["corpus"], force="cpt" in run.force)
+
+
+def _sft(run: PipelineRun) -> Path:
+    return run.recommender().sft_folder(force="sft" in run.force)
+
+
+def _eval(run: PipelineRun) -> Path:
+    return run.recommender().evaluate(run.folders.get("sft"), force="eval" in run.force)
+
+
+def _results_valid(folder: Path) -> Mapping[str, Any]:
+    return json.loads((folder / "results.json").read_text())["valid"]
+
+
+def _sft_valid(folder: Path) -> Mapping[str, Any]:
+    return read_manifest(folder)["metrics"]["best_valid"]
+
+
+def _stage_reads(module: str, stage: str) -> Callable[[PipelineRun], Iterable[str]]:
+    """The declared reads of the ``Stage`` object ``module.stage`` (imported when asked)."""
+    return lambda run: getattr(importlib.import_module(module), stage).reads
+
+
+def _cpt_reads(run: PipelineRun) -> Iterable[str]:
+    from cprec_recbole.llm.cpt import CPT_STAGE, cpt_extra_reads
+
+    return (*CPT_STAGE.reads, *cpt_extra_reads(run.config, run.plugins))
+
+
+STEPS: dict[str, Step] = {
+    "data": Step("data", _data, _stage_reads("cprec_recbole.data.prepare", "DATA")),
+    "item_text": Step(
+        "item_text", _item_text, _stage_reads("cprec_recbole.text_encoder", "ITEM_TEXT")
+    ),
+    # a RecBole model: its stage reads the model's whole config
+    "rec_model": Step("rec_model", _rec_model, lambda run: EVERY, valid=_results_valid),
+    # an LLM model's SASRec: stock settings plus rec_model_overrides, as --model=SASRec trains it
+    "sasrec": Step("rec_model", _sasrec, lambda run: ("dataset", "rec_model_overrides")),
+    "corpus": Step("corpus", _corpus, _stage_reads("cprec_recbole.data.corpus", "CORPUS")),
+    "cpt": Step("cpt", _cpt, _cpt_reads),
+    "sft": Step("sft", _sft, lambda run: run.recommender().reads("sft"), valid=_sft_valid),
+    "eval": Step("eval", _eval, lambda run: run.recommender().reads("eval")),
+}
+
+
+def pipeline_of(model_cls: type) -> tuple[str, ...]:
+    """The step names ``model_cls`` declares (``pipeline``); a RecBole model's ID pipeline."""
+    names = tuple(getattr(model_cls, "pipeline", ID_PIPELINE))
+    unknown = [n for n in names if n not in STEPS]
+    if unknown or not names or names[0] != "data":
+        raise ConfigError(
+            f"model {model_cls.__name__}: pipeline {names} must start with 'data' and use only "
+            f"the steps {', '.join(STEPS)} (unknown: {', '.join(unknown) or 'none'})"
+        )
+    return names
+
+
+def run_pipeline(
+    model: str,
+    config: RunConfig,
+    plugins: Plugins,
+    force: Iterable[str] = (),
+    until: str | None = None,
+) -> PipelineRun:
+    """Run (or reuse) the steps of ``model``'s pipeline in order, up to and including the step
+    ``until`` (all when None); the returned run holds every stage's folder."""
+    run = PipelineRun(model, config, plugins, frozenset(force))
+    for name in pipeline_of(run.model_cls):
+        step = STEPS[name]
+        run.folders[step.stage] = step.run(run)
+        if name == until:
+            break
+    return run
+
+
+def validating_step(model_cls: type) -> str | None:
+    """The last step of the pipeline that reports valid metrics (None: a model that trains on
+    nothing it could be tuned by, such as a zero-shot LLM)."""
+    names = [n for n in pipeline_of(model_cls) if STEPS[n].valid is not None]
+    return names[-1] if names else None
+
+
+def valid_metrics(run: PipelineRun, step: str) -> Mapping[str, Any]:
+    return STEPS[step].valid(run.folders[STEPS[step].stage])
+
+
+def run_shared(
+    model: str, config: RunConfig, plugins: Plugins, searched: Iterable[str], force=()
+) -> PipelineRun:
+    """Run the steps of ``model``'s pipeline that come before the first one whose result a
+    searched key changes: what a search builds once, for all its trials."""
+    run, searched = PipelineRun(model, config, plugins, frozenset(force)), set(searched)
+    for name in pipeline_of(run.model_cls):
+        step = STEPS[name]
+        reads = set(step.reads(run))
+        if reads == set(EVERY) or reads & searched:
+            break
+        run.folders[step.stage] = step.run(run)
+    return run
