@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -417,3 +418,19 @@ def test_plan_shows_a_partly_built_cprec_cached_partial_and_to_build_and_writes_
     wall = json.loads(next(saved.glob("sft/*/manifest.json")).read_text())["wall_time_s"]
     assert f" {wall:.1f} " in rows["sft"]  # the last SFT build's wall time, for an estimate
 
+
+def test_compile_trains_eager_where_inductors_cpu_kernels_are_below_avx512():
+    """torch 2.13's AVX2 inductor kernels make this loop's losses NaN (the test above fails
+    under ATEN_CPU_CAPABILITY=avx2 without the guard): there the loop trains eager, saying so."""
+    code = (
+        "from tests.llm_fixtures import tiny_backbone\n"
+        "from cprec_recbole.llm.loop import CompiledDecoder\n"
+        "print(len(CompiledDecoder(tiny_backbone()[0], True).layers))\n"
+    )
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": "avx2"}
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split()[-1] == "0"
+    assert "compile: true ignored: inductor's avx2 CPU kernels give NaN losses" in done.stderr

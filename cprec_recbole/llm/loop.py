@@ -166,6 +166,25 @@ def mixed_precision(model: nn.Module, enabled: bool) -> Iterator[None]:
         yield
 
 
+def cpu_kernels_sound() -> bool:
+    """Whether inductor's CPU kernels train this decoder correctly here: with torch 2.13 its
+    256-bit (AVX2) kernels make the LoRA loop's losses NaN (``ATEN_CPU_CAPABILITY=avx2`` on an
+    AVX-512 CPU, ``tests/test_cpt.py``; unvectorised kernels are right but slower than eager),
+    so below AVX-512 the loop trains eager and says so."""
+    from torch._inductor.cpu_vec_isa import pick_vec_isa
+
+    isa = pick_vec_isa()
+    if isa and isa.bit_width() >= 512:
+        return True
+    logger.warning(
+        "compile: true ignored: inductor's %s CPU kernels give NaN losses with torch %s; "
+        "training eager (AVX-512 CPUs compile)",
+        str(isa) or "scalar",
+        torch.__version__,
+    )
+    return False
+
+
 class CompiledDecoder:
     """The backbone's decoder layers under ``torch.compile`` (inductor) while :meth:`active`.
 
@@ -182,7 +201,6 @@ class CompiledDecoder:
 
     def __init__(self, model: nn.Module, enabled: bool) -> None:
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
-        self.layers = list(base.get_decoder().layers) if enabled else []
         on_cpu = next(model.parameters()).device.type == "cpu"
         compilers = (os.environ.get("CXX") or "g++", "clang++")
         if enabled and on_cpu and not any(shutil.which(c) for c in compilers):
@@ -191,6 +209,9 @@ class CompiledDecoder:
                 "found (g++, clang++ or $CXX): install one (apt-get install g++) or pass "
                 "--compile=false"
             )
+        if enabled and on_cpu and not cpu_kernels_sound():
+            enabled = False
+        self.layers = list(base.get_decoder().layers) if enabled else []
         if enabled:  # graphs of an earlier model in this process (an experiment's last arm)
             torch._dynamo.reset()  # would count against the recompile limit
         self.forwards = [torch.compile(layer.forward, dynamic=True) for layer in self.layers]
