@@ -45,6 +45,7 @@ from cprec_recbole.llm.loop import (
     group_steps,
     save_adapter,
 )
+from cprec_recbole.llm.names import VARIANTS
 from cprec_recbole.llm.projector import model_device
 from cprec_recbole.llm.schedulers import learning_rates, plot_schedule, schedule_keys
 from cprec_recbole.llm.sft import answer_loss
@@ -53,7 +54,6 @@ from cprec_recbole.run_config import RunConfig, tracked
 from cprec_recbole.stages import Stage, read_manifest, run_stage, stage_folder
 
 logger = logging.getLogger(__name__)
-VARIANTS = ("DS", "DS+Mix(N)", "DS+Mix(S)", "DS+Mix(A)")
 PHASES = ("warmup", "stable", "annealing")
 #: Keys that change what CPT computes (plus the corpus stage, the template text and the
 #: schedule's own keys). ``checkpoint_every`` is absent: where a run checkpoints changes nothing.

@@ -28,6 +28,7 @@ from cprec_recbole.llm.batching import LLMSample, prompt_titles
 from cprec_recbole.llm.cpt import cpt_stage
 from cprec_recbole.llm.inference import EvalContext, output_metrics
 from cprec_recbole.llm.loop import ADAPTER, CHECKPOINTS, load_adapter
+from cprec_recbole.llm.names import REC_MODEL
 from cprec_recbole.llm.projector import Projector
 from cprec_recbole.llm.schedulers import schedule_keys
 from cprec_recbole.llm.sft import SFTSetup, fine_tune, load_trainable_state
@@ -38,7 +39,6 @@ from cprec_recbole.run_config import tracked
 from cprec_recbole.stages import Stage, peak_memory_mb, read_manifest, run_stage
 
 logger = logging.getLogger(__name__)
-REC_MODEL = "SASRec"
 #: Keys of an LLM model's config that change what SFT computes.
 SFT_KEYS = (
     *BACKBONE_KEYS,
