@@ -18,9 +18,7 @@ import inspect
 import json
 import os
 import re
-import shutil
-import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +26,7 @@ import torch
 from packaging.version import Version
 
 from cprec_recbole.errors import ConfigError
+from cprec_recbole.io import write_atomic_dir
 
 if TYPE_CHECKING:  # transformers is imported where it is used: loading plugins must not pay for it
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -207,31 +206,6 @@ def backbone_cache_dir(config: dict) -> Path:
     return Path(config.get("output_dir") or "saved").expanduser() / "backbones"
 
 
-def save_atomically(target: Path, write: Callable[[Path], None]) -> Path:
-    """Run ``write(folder)`` into a temp folder beside ``target``, then rename it into place.
-
-    A killed run leaves at most a hidden temp folder, never a half-written ``target``; when
-    another process finished first, its folder is kept and ours is discarded.
-    """
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the cache is an ordinary folder
-    try:
-        write(tmp)
-        try:
-            os.replace(tmp, target)
-        except OSError:
-            if not target.is_dir():
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return target
-
-
 def _looks_local(source: str) -> bool:
     """A hub id is ``name`` or ``owner/name``; anything else (``./x``, ``/a/b/c``) is a path."""
     if Path(source).expanduser().exists():
@@ -318,7 +292,7 @@ def convert_gguf(gguf: Path, target: Path) -> Path:
         source = {"gguf": gguf.name, "wheel": SMOLLM2_WHEEL, "converter": "cprec_recbole"}
         (folder / "cprec_source.json").write_text(json.dumps(source, indent=2) + "\n")
 
-    return save_atomically(target, write)
+    return write_atomic_dir(target, write, keep_existing=True)  # another process's copy is as good
 
 
 def load_smollm2_135m(
