@@ -34,7 +34,7 @@ from cprec_recbole.llm.schedulers import schedule_keys
 from cprec_recbole.llm.sft import SFTSetup, fine_tune, load_trainable_state
 from cprec_recbole.plugins import Plugins
 from cprec_recbole.rec_model import train_rec_model
-from cprec_recbole.results import write_results
+from cprec_recbole.results import write_ranks, write_results
 from cprec_recbole.run_config import tracked
 from cprec_recbole.stages import Stage, peak_memory_mb, read_manifest, run_stage
 
@@ -305,15 +305,14 @@ class LLMRecommender:
         out = evaluator(model, tokenizer, samples, ctx)
         seconds = time.time() - start
         test = output_metrics(out, samples, self.config["sparsity_buckets"])
-        pd.DataFrame(
-            {
-                "user_id": [s.user_id for s in samples],
-                "rank": out.ranks,
-                "valid": out.valid,
-                "history_len": [len(s.history) for s in samples],
-                "answer": out.answers,
-            }
-        ).to_csv(folder / "test_ranks.tsv", sep="\t", index=False)
+        ranks = {
+            "user_id": [s.user_id for s in samples],
+            "rank": out.ranks,
+            "valid": out.valid,
+            "history_len": [len(s.history) for s in samples],
+            "answer": out.answers,
+        }
+        write_ranks(folder, pd.DataFrame(ranks))
         results = {
             "model": self.config["model"],
             "dataset": self.config["dataset"],
