@@ -24,8 +24,8 @@ from scipy.stats import binomtest, ttest_1samp
 
 from cprec_recbole.evaluation import INVALID
 from cprec_recbole.io import write_atomic
+from cprec_recbole.results import RANKS_FILE
 
-RANKS_FILE = "test_ranks.tsv"
 RESULTS_FILE = "results.json"
 
 

@@ -25,8 +25,7 @@ from cprec_recbole.config import (
     read_yaml,
 )
 from cprec_recbole.errors import ConfigError
-from cprec_recbole.llm.cpt import VARIANTS
-from cprec_recbole.llm.pipeline import REC_MODEL
+from cprec_recbole.llm.names import REC_MODEL, VARIANTS
 from cprec_recbole.llm.schedulers import schedule_keys
 from cprec_recbole.plugins import Plugins
 

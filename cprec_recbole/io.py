@@ -1,9 +1,11 @@
-"""Atomic writes: a reader never sees half a file, and a crash never damages the previous one."""
+"""Atomic writes: a reader never sees half a file or folder, and a crash never damages the
+previous one."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -16,9 +18,7 @@ def write_atomic(path: str | Path, write: Callable[[Path], None]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; results are meant to be shared
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; results are meant to be shared
     try:
         write(Path(tmp))
         os.replace(tmp, path)
@@ -26,6 +26,40 @@ def write_atomic(path: str | Path, write: Callable[[Path], None]) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def write_atomic_dir(
+    folder: str | Path, fill: Callable[[Path], None], keep_existing: bool = False
+) -> Path:
+    """Call ``fill(tmp)`` on a temp folder beside ``folder``, then rename it over ``folder``.
+
+    An older ``folder`` is moved aside only once the new one is whole. ``keep_existing``: a
+    ``folder`` that is already there (another process built the same thing) stays, ours is dropped.
+    """
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
+    old = tmp.with_name(f"{tmp.name}.old")
+    try:
+        tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private, like mkstemp
+        fill(tmp)
+        if folder.exists() and not keep_existing:
+            os.replace(folder, old)
+        try:
+            os.replace(tmp, folder)
+        except OSError:  # a folder that is not empty cannot be renamed over
+            if not (keep_existing and folder.is_dir()):
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    shutil.rmtree(old, ignore_errors=True)
+    return folder
+
+
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
 
 
 def write_text(path: str | Path, text: str) -> Path:

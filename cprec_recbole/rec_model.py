@@ -17,7 +17,8 @@ from recbole.utils import init_seed
 
 from cprec_recbole.compat import no_argv
 from cprec_recbole.data.prepare import PreparedData
-from cprec_recbole.results import write_results
+from cprec_recbole.io import write_text
+from cprec_recbole.results import write_ranks, write_results
 from cprec_recbole.run_config import RunConfig
 from cprec_recbole.stages import EVERY, Stage, peak_memory_mb, run_stage
 from cprec_recbole.trainer import CandidateEvalData, CandidateTrainer
@@ -63,7 +64,7 @@ def _train(folder: Path, config: RunConfig, model_cls: type, data: PreparedData)
     test_rows = data.eval_rows("test")
     test = CandidateEvalData.build(test_rows, dataset, max_len)
     tokens = dataset.field2id_token[dataset.iid_field]
-    (folder / "item_tokens.txt").write_text("\n".join(tokens))  # embedding row -> raw item id
+    write_text(folder / "item_tokens.txt", "\n".join(tokens))  # embedding row -> raw item id
     start = time.time()
     show = bool(config.get("show_progress", True))
     trainer.fit(train_data, valid, saved=True, show_progress=show)
@@ -71,9 +72,8 @@ def _train(folder: Path, config: RunConfig, model_cls: type, data: PreparedData)
     start = time.time()
     test_result = trainer.evaluate(test, load_best_model=True, show_progress=show)
     eval_time = time.time() - start
-    pd.DataFrame(
-        {"user_id": test.user_ids, "rank": trainer.last_ranks, "history_len": test.item_seq_len}
-    ).to_csv(folder / "test_ranks.tsv", sep="\t", index=False)
+    ranks = {"user_id": test.user_ids, "rank": trainer.last_ranks, "history_len": test.item_seq_len}
+    write_ranks(folder, pd.DataFrame(ranks))
     results = {
         "model": config["model"],
         "dataset": config["dataset"],

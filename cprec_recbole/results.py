@@ -1,4 +1,5 @@
-"""Result files: results.json, results.csv and a readable table, written atomically."""
+"""Result files: results.json, results.csv, a readable table and the per-user test ranks,
+written atomically."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from cprec_recbole.io import write_json, write_text
+from cprec_recbole.io import write_atomic, write_json, write_text
 
+RANKS_FILE = "test_ranks.tsv"
 HEADLINE = ("hr@1", "valid_ratio", "hr@1_of_valid", "hr@3", "hr@5", "ndcg@3", "ndcg@5", "users")
 
 
@@ -41,6 +43,11 @@ def write_results(folder: Path, results: dict) -> None:
             writer.writerow([results["model"], results["dataset"], split, metric, value])
     write_text(folder / "results.csv", buffer.getvalue())
     write_text(folder / "results.txt", table(results) + "\n")
+
+
+def write_ranks(folder: Path, ranks: pd.DataFrame) -> None:
+    """test_ranks.tsv, one row per test user (``user_id``, ``rank``...): what ``compare`` pairs."""
+    write_atomic(folder / RANKS_FILE, lambda tmp: ranks.to_csv(tmp, sep="\t", index=False))
 
 
 def markdown_table(frame: pd.DataFrame, floatfmt: str = ".4g") -> str:

@@ -19,7 +19,6 @@ from cprec_recbole.llm.backbone import (
     load_backbone,
     resolve_device,
     resolve_dtype,
-    save_atomically,
 )
 from cprec_recbole.plugins import UnknownNameError, load_plugins
 
@@ -272,22 +271,6 @@ def test_llama2_missing_local_path_gives_a_clear_error_offline(plugins, tmp_path
     missing.mkdir()
     with pytest.raises(BackboneError, match="has no config.json"):
         load_backbone(config, plugins)
-
-
-def test_save_atomically_never_leaves_a_half_written_folder(tmp_path):
-    target = tmp_path / "cache" / "model"
-
-    def fail(folder: Path) -> None:
-        (folder / "part.bin").write_text("half")
-        raise KeyboardInterrupt  # as if the run were killed mid-write
-
-    with pytest.raises(KeyboardInterrupt):
-        save_atomically(target, fail)
-    assert list(target.parent.iterdir()) == []
-    save_atomically(target, lambda folder: (folder / "done.txt").write_text("ok"))
-    save_atomically(target, lambda folder: (folder / "other.txt").write_text("late"))
-    assert sorted(p.name for p in target.parent.iterdir()) == ["model"]
-    assert [p.name for p in target.iterdir()] == ["done.txt"]  # the first finished copy wins
 
 
 @pytest.fixture(scope="session")

@@ -429,7 +429,7 @@ def test_compile_trains_eager_where_inductors_cpu_kernels_are_below_avx512():
     )
     env = {**os.environ, "ATEN_CPU_CAPABILITY": "avx2"}
     done = subprocess.run(
-        [sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True
+        [sys.executable, "-c", code], check=False, env=env, cwd=REPO, capture_output=True, text=True
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split()[-1] == "0"

@@ -21,7 +21,6 @@ from cprec_recbole.evaluation import INVALID, UNRANKED, rank_metrics
 from cprec_recbole.llm.batching import encode_batch
 from cprec_recbole.llm.inference import (
     EvalContext,
-    StopAtNewline,
     candidate_log_likelihoods,
     distinct_prefixes,
     generate,
@@ -35,6 +34,7 @@ from cprec_recbole.llm.inference import (
 from cprec_recbole.llm.projector import Projector, embed_batch
 from cprec_recbole.llm.prompts import answer_text, render
 from cprec_recbole.llm.sft import answer_loss
+from cprec_recbole.llm.stopping import StopAtNewline
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 CANDIDATES = ["Halo 3", "Mario Kart", "Tetris"]

@@ -11,8 +11,6 @@ from __future__ import annotations
 import csv
 import itertools
 import logging
-import os
-import tempfile
 import urllib.error
 import urllib.request
 import warnings
@@ -26,6 +24,7 @@ from tqdm.auto import tqdm
 from cprec_recbole.data.atomic import write_atomic_files
 from cprec_recbole.data.titles import clean_titles, drop_untitled
 from cprec_recbole.errors import DataError
+from cprec_recbole.io import write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -272,10 +271,9 @@ def convert_amazon2018(name: str, raw_dir: Path, out_dir: Path) -> tuple[Path, P
 def _download(url: str, target: Path) -> None:
     """Stream ``url`` into a temporary file beside ``target``, then rename it into place."""
     request = urllib.request.Request(url, headers={"User-Agent": "cprec-recbole"})
-    fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
-    tmp = Path(name)
-    try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(request, timeout=60) as response:
+
+    def fetch(tmp: Path) -> None:
+        with tmp.open("wb") as out, urllib.request.urlopen(request, timeout=60) as response:
             total = int(response.headers.get("Content-Length") or 0) or None
             with tqdm(
                 total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=target.name
@@ -286,12 +284,11 @@ def _download(url: str, target: Path) -> None:
             size = out.tell()
         if total is not None and size != total:
             raise OSError(f"{url}: got {size} of {total} bytes")
-        tmp.chmod(0o644)
-        os.replace(tmp, target)
+
+    try:
+        write_atomic(target, fetch)
     except urllib.error.URLError as err:
         raise OSError(f"cannot download {url} to {target}: {err}") from err
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def download_amazon2018(name: str, raw_dir: Path) -> tuple[Path, Path]:

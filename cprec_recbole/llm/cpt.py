@@ -37,6 +37,7 @@ from cprec_recbole.data.corpus import (
     resolve_cpt_domains,
 )
 from cprec_recbole.errors import ConfigError
+from cprec_recbole.io import write_atomic_dir
 from cprec_recbole.llm.backbone import BACKBONE_KEYS, add_lora, load_backbone
 from cprec_recbole.llm.batching import encode_batch, prompt_titles
 from cprec_recbole.llm.loop import (
@@ -51,6 +52,7 @@ from cprec_recbole.llm.loop import (
     group_steps,
     save_adapter,
 )
+from cprec_recbole.llm.names import VARIANTS
 from cprec_recbole.llm.projector import model_device
 from cprec_recbole.llm.schedulers import learning_rates, plot_schedule, schedule_keys
 from cprec_recbole.llm.sft import answer_loss
@@ -59,7 +61,6 @@ from cprec_recbole.run_config import RunConfig, tracked
 from cprec_recbole.stages import Stage, read_manifest, run_stage, stage_folder
 
 logger = logging.getLogger(__name__)
-VARIANTS = ("DS", "DS+Mix(N)", "DS+Mix(S)", "DS+Mix(A)")
 PHASES = ("warmup", "stable", "annealing")
 #: Keys that change what CPT computes (plus the corpus stage, the template text and the
 #: schedule's own keys). ``checkpoint_every`` is absent: where a run checkpoints changes nothing.
@@ -404,19 +405,20 @@ def _copy_checkpoint(source: Path, step: int, target: Path, rates: np.ndarray) -
     """Copy a checkpoint of another run (``step`` steps done), the rate of its next step set to
     ``rates``' (this run's schedule); renamed into place when whole, so a kill leaves no half
     copy."""
-    tmp = target.parent / f".tmp-{target.name}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(source, tmp)
-    if step < len(rates):
-        state = torch.load(tmp / STATE, map_location="cpu", weights_only=False)
-        for group in state["optimizer"]["param_groups"]:
-            group["lr"] = float(rates[step])
-        if "_last_lr" in state["scheduler"]:  # LambdaLR's record of the rate it set
-            state["scheduler"]["_last_lr"] = [float(rates[step])] * len(
-                state["scheduler"]["_last_lr"]
-            )
-        torch.save(state, tmp / STATE)
-    tmp.rename(target)
+
+    def fill(tmp: Path) -> None:
+        shutil.copytree(source, tmp, dirs_exist_ok=True)
+        if step < len(rates):
+            state = torch.load(tmp / STATE, map_location="cpu", weights_only=False)
+            for group in state["optimizer"]["param_groups"]:
+                group["lr"] = float(rates[step])
+            if "_last_lr" in state["scheduler"]:  # LambdaLR's record of the rate it set
+                state["scheduler"]["_last_lr"] = [float(rates[step])] * len(
+                    state["scheduler"]["_last_lr"]
+                )
+            torch.save(state, tmp / STATE)
+
+    write_atomic_dir(target, fill)
 
 
 def base_cpt_folder(config: RunConfig, plugins: Plugins) -> Path:

@@ -19,18 +19,20 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 from tqdm import tqdm
-from transformers import StoppingCriteria, StoppingCriteriaList
 
 from cprec_recbole.evaluation import INVALID, UNRANKED, evaluate_ranks, ranks_from_scores
 from cprec_recbole.llm.batching import LLMSample, encode_batch, pad_id, prompt_lengths
 from cprec_recbole.llm.projector import embed_batch, model_device
 from cprec_recbole.llm.prompts import PromptTemplate, answer_text
+
+if TYPE_CHECKING:  # the LLM models import this module, and loading plugins loads them
+    from transformers import StoppingCriteria
 
 
 @dataclass
@@ -105,19 +107,6 @@ def newline_token_ids(tokenizer) -> Tensor:
     return torch.tensor([i for i, t in enumerate(texts) if "\n" in t], dtype=torch.long)
 
 
-class StopAtNewline(StoppingCriteria):
-    """Row-wise stop once a generated token holds a newline: the answer's first line is all we
-    parse, so the rest would be wasted decoding."""
-
-    def __init__(self, newline_ids: Tensor, prompt_length: int = 0):
-        self.newline_ids = newline_ids
-        self.prompt_length = prompt_length
-
-    def __call__(self, input_ids: Tensor, scores: Tensor, **kwargs) -> Tensor:
-        ids = self.newline_ids.to(input_ids.device)
-        return torch.isin(input_ids[:, self.prompt_length :], ids).any(-1)
-
-
 @torch.no_grad()
 def generate_texts(
     model: nn.Module,
@@ -127,6 +116,8 @@ def generate_texts(
     stop: StoppingCriteria | None = None,
 ) -> list[str]:
     """Greedy continuations of the samples' prompts (item embeddings injected)."""
+    from transformers import StoppingCriteriaList
+
     device = model_device(model)
     batch = _encode(tokenizer, samples, ctx, device)
     embeds = embed_batch(model, batch, ctx.item_embeddings, ctx.projector)
@@ -189,6 +180,8 @@ def iterative_ranks(
 
 def generate(model: nn.Module, tokenizer, samples: Sequence[LLMSample], ctx: EvalContext):
     """The paper's evaluation: iterative greedy generation, stopping each answer at a newline."""
+    from cprec_recbole.llm.stopping import StopAtNewline
+
     stop = StopAtNewline(newline_token_ids(tokenizer))
     model.eval()
     return iterative_ranks(

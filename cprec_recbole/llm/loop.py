@@ -37,6 +37,7 @@ from torch import nn
 from tqdm import tqdm
 
 from cprec_recbole.errors import ConfigError
+from cprec_recbole.io import write_atomic_dir
 from cprec_recbole.stages import peak_memory_mb
 
 logger = logging.getLogger(__name__)
@@ -231,16 +232,6 @@ class CompiledDecoder:
                 del layer.forward
 
 
-def _replace_dir(tmp: Path, target: Path) -> None:
-    """Move ``tmp`` to ``target``; an older ``target`` is removed only once ``tmp`` is complete."""
-    old = target.with_name(f".old-{target.name}")
-    if target.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(target, old)
-    os.replace(tmp, target)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 class TrainLoop:
     """Runs a :class:`Plan` with checkpoints under ``<folder>/checkpoints/``.
 
@@ -279,9 +270,9 @@ class TrainLoop:
 
     # ------------------------------------------------------------------ checkpoints
     def checkpoint(self, name: str) -> Path:
-        tmp = self.folder / f".tmp-{name}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
+        return write_atomic_dir(self.folder / name, self._write_checkpoint)
+
+    def _write_checkpoint(self, tmp: Path) -> None:
         save_adapter(self.model, tmp / ADAPTER)
         torch.save(
             {
@@ -298,9 +289,6 @@ class TrainLoop:
             tmp / STATE,
         )
         (tmp / CURSOR).write_text(json.dumps({"steps_done": self.steps_done}))
-        target = self.folder / name
-        _replace_dir(tmp, target)
-        return target
 
     def latest(self) -> Path | None:
         """The checkpoint furthest into training (by its step count), if any."""

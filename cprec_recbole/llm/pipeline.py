@@ -31,17 +31,17 @@ from cprec_recbole.llm.backbone import BACKBONE_KEYS, add_lora, add_special_toke
 from cprec_recbole.llm.batching import LLMSample, prompt_titles
 from cprec_recbole.llm.inference import EvalContext, output_metrics
 from cprec_recbole.llm.loop import ADAPTER, CHECKPOINTS, load_adapter
+from cprec_recbole.llm.names import REC_MODEL
 from cprec_recbole.llm.projector import Projector
 from cprec_recbole.llm.schedulers import schedule_keys
 from cprec_recbole.llm.sft import SFTSetup, fine_tune, load_trainable_state
 from cprec_recbole.plugins import Plugins
 from cprec_recbole.rec_model import train_rec_model
-from cprec_recbole.results import write_results
+from cprec_recbole.results import write_ranks, write_results
 from cprec_recbole.run_config import tracked
 from cprec_recbole.stages import Stage, peak_memory_mb, read_manifest, run_stage
 
 logger = logging.getLogger(__name__)
-REC_MODEL = "SASRec"
 #: Keys of an LLM model's config that change what SFT computes.
 SFT_KEYS = (
     *BACKBONE_KEYS,
@@ -305,15 +305,14 @@ class LLMRecommender:
         out = evaluator(model, tokenizer, samples, ctx)
         seconds = time.time() - start
         test = output_metrics(out, samples, self.config["sparsity_buckets"])
-        pd.DataFrame(
-            {
-                "user_id": [s.user_id for s in samples],
-                "rank": out.ranks,
-                "valid": out.valid,
-                "history_len": [len(s.history) for s in samples],
-                "answer": out.answers,
-            }
-        ).to_csv(folder / "test_ranks.tsv", sep="\t", index=False)
+        ranks = {
+            "user_id": [s.user_id for s in samples],
+            "rank": out.ranks,
+            "valid": out.valid,
+            "history_len": [len(s.history) for s in samples],
+            "answer": out.answers,
+        }
+        write_ranks(folder, pd.DataFrame(ranks))
         results = {
             "model": self.config["model"],
             "dataset": self.config["dataset"],

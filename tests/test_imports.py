@@ -1,0 +1,27 @@
+"""What a command imports: an ID-model run does not pay for the LLM stack."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from tests.conftest import REPO
+
+# The steps of ``quick_start.run`` for --model=SASRec up to its first stage: the checked config
+# (plugins, layers, config check) and every module the ID-model stages import, lazy ones included.
+RECBOLE_RUN = """
+import sys
+import cprec_recbole.data.prepare, cprec_recbole.rec_model, cprec_recbole.text_encoder
+from cprec_recbole.quick_start import _setup
+_setup("SASRec", "Game", [], {"epochs": 1}, [])
+print(" ".join(sorted({"transformers", "peft"} & set(sys.modules))))
+"""
+
+
+def test_a_recbole_model_run_imports_neither_transformers_nor_peft():
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    command = [sys.executable, "-c", RECBOLE_RUN]
+    child = subprocess.run(command, env=env, capture_output=True, text=True, cwd=REPO, check=False)
+    assert child.returncode == 0, child.stderr
+    assert child.stdout.strip() == ""
