@@ -13,8 +13,11 @@ from tests.conftest import REPO
 RECBOLE_RUN = """
 import sys
 import cprec_recbole.data.prepare, cprec_recbole.rec_model, cprec_recbole.text_encoder
-from cprec_recbole.quick_start import _setup
-_setup("SASRec", "Game", [], {"epochs": 1}, [])
+import cprec_recbole.quick_start
+from cprec_recbole.command import setup
+from cprec_recbole.pipeline import pipeline_of
+config, plugins, _ = setup("SASRec", "Game", [], {"epochs": 1}, [])
+assert pipeline_of(plugins.models.get("SASRec")) == ("data", "rec_model")
 print(" ".join(sorted({"transformers", "peft"} & set(sys.modules))))
 """
 
