@@ -28,6 +28,7 @@ from cprec_recbole.errors import ConfigError
 from cprec_recbole.llm.cpt import VARIANTS
 from cprec_recbole.llm.pipeline import REC_MODEL
 from cprec_recbole.llm.schedulers import schedule_keys
+from cprec_recbole.llm.sft import SFT_OBJECTIVES
 from cprec_recbole.plugins import Plugins
 
 #: Keys RecBole sets or reads at run time that its property files do not list.
@@ -138,6 +139,8 @@ RULES: dict[str, Number | Choice] = {
     "dtype": Choice(("auto", "bf16", "fp32", "fp16")),
     **dict.fromkeys(["score_rule", "valid_score_rule"], Choice(("mean", "distinct_prefix"))),
     "cpt_variant": Choice(tuple(VARIANTS)),
+    "sft_objective": Choice(SFT_OBJECTIVES),
+    "sft_objective_mix": FRACTION,
 }
 #: Keys whose value names something a plugin registers, and the registry it must be in.
 NAMED = {

@@ -334,7 +334,7 @@ def candidate_scores(
     ).logits
     log_probs = _token_log_probs(logits[tree["row"], tree["column"]], tree["target"])
     n = sum(len(s.candidates) for s in samples)
-    total = torch.bincount(tree["candidate"], weights=log_probs, minlength=n)
+    total = log_probs.new_zeros(n).index_add(0, tree["candidate"], log_probs)  # differentiable
     if rule == "mean":
         total = total / torch.bincount(tree["candidate"], minlength=n)
     return total

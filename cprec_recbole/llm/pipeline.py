@@ -74,6 +74,9 @@ SFT_KEYS = (
     "eval_batch_users",
     # read by the validation SFT runs; the data stage's hash covers them too
     *("dataset", "model", "candidate_sampler", "num_negatives", "eval_seed", "sparsity_buckets"),
+    # the training loss (appended last: the earlier keys keep their order)
+    "sft_objective",
+    "sft_objective_mix",
 )
 EVAL_KEYS = ("inference", "score_rule", "score_max_tokens", "merge_lora", "eval_users", "eval_seed")
 #: Keys the LLM stages read that change no result: where things live, progress bars.
