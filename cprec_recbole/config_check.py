@@ -26,6 +26,7 @@ from cprec_recbole.config import (
 )
 from cprec_recbole.errors import ConfigError
 from cprec_recbole.llm.cpt import VARIANTS
+from cprec_recbole.llm.inference import EVAL_ITEM_EMBEDDINGS
 from cprec_recbole.llm.pipeline import REC_MODEL
 from cprec_recbole.llm.schedulers import schedule_keys
 from cprec_recbole.llm.sft import SFT_OBJECTIVES
@@ -141,6 +142,7 @@ RULES: dict[str, Number | Choice] = {
     "cpt_variant": Choice(tuple(VARIANTS)),
     "sft_objective": Choice(SFT_OBJECTIVES),
     "sft_objective_mix": FRACTION,
+    "eval_item_embeddings": Choice(EVAL_ITEM_EMBEDDINGS),
 }
 #: Keys whose value names something a plugin registers, and the registry it must be in.
 NAMED = {

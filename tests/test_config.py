@@ -104,6 +104,7 @@ def test_extra_keys_let_deliberate_unknown_keys_through(plugins):
         ("LLaRA", "sft_objective", "foo", "must be one of answer, listwise, mix, got 'foo'"),
         ("LLaRA", "sft_objective_mix", 1.5, "must be a number in [0, 1], got 1.5"),
         ("CPRec", "sft_objective_mix", -0.1, "must be a number in [0, 1], got -0.1"),
+        ("LLaRA", "eval_item_embeddings", "shuffled", "must be one of trained, permuted, none"),
         ("CPRec", "cpt_variant", "DS+Mix", "must be one of DS, DS+Mix(N), DS+Mix(S), DS+Mix(A)"),
         ("CPRec", "mixing_rule", "g3", "names no registered mixing rule: 'g3'"),
         ("CPRec", "eta_h", "5e-4x", "must be a positive number, got '5e-4x'"),

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 from transformers import StoppingCriteria, StoppingCriteriaList
 
+from cprec_recbole.errors import ConfigError
 from cprec_recbole.evaluation import INVALID, UNRANKED, evaluate_ranks, ranks_from_scores
 from cprec_recbole.llm.batching import (
     EncodedBatch,
@@ -64,6 +65,49 @@ class EvalOutput:
 
 
 Evaluator = Callable[[nn.Module, Any, Sequence[LLMSample], EvalContext], EvalOutput]
+
+
+EVAL_ITEM_EMBEDDINGS = ("trained", "permuted", "none")
+
+
+def derangement(n: int, seed: int) -> Tensor:
+    """A seeded permutation of ``range(n)`` without fixed points, uniform over all such (plain
+    permutations redrawn until one has none: ~e draws), so no item keeps its own row."""
+    if n < 2:
+        raise ValueError(f"no permutation of {n} item(s) moves every item")
+    generator = torch.Generator().manual_seed(seed)
+    while True:
+        order = torch.randperm(n, generator=generator)
+        if (order != torch.arange(n)).all():
+            return order
+
+
+def item_embedding_context(
+    ctx: EvalContext, mode: str, text_template: PromptTemplate | None, seed: int
+) -> EvalContext:
+    """The context for ``eval_item_embeddings``: ``trained`` as is; ``permuted``, each item's
+    embedding row swapped for another item's (``derangement``; row 0, padding, kept); ``none``,
+    the text-only prompt of the curriculum. What the collaborative embeddings add to a model's
+    ranking is the drop from ``trained``."""
+    if mode not in EVAL_ITEM_EMBEDDINGS:
+        raise ConfigError(
+            f"eval_item_embeddings: {mode!r} is not one of {', '.join(EVAL_ITEM_EMBEDDINGS)}"
+        )
+    if mode == "trained":
+        return ctx
+    if ctx.item_embeddings is None:
+        raise ConfigError(
+            f"eval_item_embeddings={mode}: this model's prompts read no item embeddings"
+        )
+    if mode == "permuted":
+        order = derangement(ctx.item_embeddings.shape[0] - 1, seed) + 1
+        rows = torch.cat([torch.zeros(1, dtype=torch.long), order])
+        return replace(
+            ctx, item_embeddings=ctx.item_embeddings[rows.to(ctx.item_embeddings.device)]
+        )
+    if text_template is None:
+        raise ConfigError("eval_item_embeddings=none needs a text_template (the text-only prompt)")
+    return replace(ctx, template=text_template)
 
 
 def output_metrics(out: EvalOutput, samples: Sequence[LLMSample], edges: Sequence[int]) -> dict:
