@@ -25,7 +25,7 @@ from cprec_recbole.config import (
     read_yaml,
 )
 from cprec_recbole.errors import ConfigError
-from cprec_recbole.llm.names import REC_MODEL, VARIANTS
+from cprec_recbole.llm.names import EVAL_ITEM_EMBEDDINGS, REC_MODEL, SFT_OBJECTIVES, VARIANTS
 from cprec_recbole.llm.schedulers import schedule_keys
 from cprec_recbole.plugins import Plugins
 
@@ -137,6 +137,9 @@ RULES: dict[str, Number | Choice] = {
     "dtype": Choice(("auto", "bf16", "fp32", "fp16")),
     **dict.fromkeys(["score_rule", "valid_score_rule"], Choice(("mean", "distinct_prefix"))),
     "cpt_variant": Choice(tuple(VARIANTS)),
+    "sft_objective": Choice(SFT_OBJECTIVES),
+    "sft_objective_mix": FRACTION,
+    "eval_item_embeddings": Choice(EVAL_ITEM_EMBEDDINGS),
 }
 #: Keys whose value names something a plugin registers, and the registry it must be in.
 NAMED = {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import replace
 
 import numpy as np
@@ -16,15 +17,18 @@ from llm_fixtures import (  # noqa: F401  (pytest fixtures)
     tiny_tokenizer_fixture,
 )
 
-from cprec_recbole.builtin.prompt_templates import LLARA_HYBRID, UNIFIED
+from cprec_recbole.builtin.prompt_templates import LLARA_HYBRID, LLARA_TEXT, UNIFIED
+from cprec_recbole.errors import ConfigError
 from cprec_recbole.evaluation import INVALID, UNRANKED, rank_metrics
 from cprec_recbole.llm.batching import encode_batch
 from cprec_recbole.llm.inference import (
     EvalContext,
     candidate_log_likelihoods,
+    derangement,
     distinct_prefixes,
     generate,
     generate_texts,
+    item_embedding_context,
     iterative_ranks,
     length_batches,
     newline_token_ids,
@@ -300,3 +304,51 @@ def test_answer_loss_on_answer_logits_only_equals_the_full_lm_loss(tiny_tokenize
     torch.testing.assert_close(fast, full)
     fast.backward()  # and it trains the projector
     assert ctx.projector.net[0].weight.grad.abs().sum() > 0
+
+
+def test_derangement_is_seeded_moves_every_item_and_draws_all_of_them_alike():
+    assert torch.equal(derangement(50, 7), derangement(50, 7))
+    assert not torch.equal(derangement(50, 7), derangement(50, 8))
+    assert sorted(derangement(50, 7).tolist()) == list(range(50))
+    drawn = Counter(tuple(derangement(4, seed).tolist()) for seed in range(900))
+    assert all(sorted(d) == [0, 1, 2, 3] and all(d[i] != i for i in range(4)) for d in drawn)
+    assert len(drawn) == 9 and all(60 < c < 140 for c in drawn.values())  # 9 derangements of 4
+
+
+def test_permuted_embeddings_give_each_item_another_items_row_and_keep_padding():
+    rows = torch.randn(len(TITLES) + 1, 8)  # row 0: padding, as SASRec's table
+    ctx = context(item_embeddings=rows)
+    assert item_embedding_context(ctx, "trained", LLARA_TEXT, 0) is ctx
+    permuted = item_embedding_context(ctx, "permuted", LLARA_TEXT, 0).item_embeddings
+    assert torch.equal(
+        permuted, item_embedding_context(ctx, "permuted", LLARA_TEXT, 0).item_embeddings
+    )
+    assert torch.equal(permuted[0], rows[0])
+    source = [int((rows == row).all(-1).nonzero()) for row in permuted[1:]]
+    assert sorted(source) == list(range(1, len(rows)))
+    assert all(s != i for i, s in enumerate(source, start=1))
+    assert item_embedding_context(ctx, "none", LLARA_TEXT, 0).template is LLARA_TEXT
+
+
+def test_item_embedding_modes_a_model_cannot_run_name_the_key():
+    with pytest.raises(ConfigError, match="eval_item_embeddings=permuted: .* no item embeddings"):
+        item_embedding_context(context(), "permuted", LLARA_TEXT, 0)
+    with pytest.raises(ConfigError, match="eval_item_embeddings=none needs a text_template"):
+        item_embedding_context(context(item_embeddings=torch.zeros(3, 2)), "none", None, 0)
+
+
+def test_permuted_embeddings_change_a_trained_hybrid_models_scores(tiny_tokenizer, tiny_model):
+    torch.manual_seed(0)
+    users = samples(4, n_candidates=5)
+    ctx = context(
+        item_embeddings=torch.randn(len(TITLES), 8),
+        projector=Projector(8, tiny_model.config.hidden_size),
+    )
+    memorise(tiny_model, tiny_tokenizer, users, ctx)
+    before = candidate_log_likelihoods(tiny_model, tiny_tokenizer, users, ctx)
+    trained = item_embedding_context(ctx, "trained", LLARA_TEXT, 2024)
+    permuted = item_embedding_context(ctx, "permuted", LLARA_TEXT, 2024)
+    same = candidate_log_likelihoods(tiny_model, tiny_tokenizer, users, trained)
+    moved = candidate_log_likelihoods(tiny_model, tiny_tokenizer, users, permuted)
+    assert all(torch.equal(a, b) for a, b in zip(before, same, strict=True))
+    assert all((a - b).abs().max() > 1e-3 for a, b in zip(before, moved, strict=True))

@@ -99,3 +99,18 @@ def test_chatrec_asks_with_chat_recs_prompt_on_the_same_candidates(llm_overrides
     keys = json.loads((Path(chat["folder"]) / "manifest.json").read_text())["config"]
     assert [t["text"] for t in keys["templates"]] == [CHATREC.text]
     assert_metrics_follow_from_ranks(chat)
+
+
+def test_eval_item_embeddings_rebuild_only_the_eval_stage(llm_overrides, caplog):
+    caplog.set_level("INFO")
+    trained = run("LLaRA", "Tiny", overrides=llm_overrides)
+    ranks = {"trained": (Path(trained["folder"]) / "test_ranks.tsv").read_text()}
+    for mode in ("permuted", "none"):
+        caplog.clear()
+        out = run("LLaRA", "Tiny", overrides={**llm_overrides, "eval_item_embeddings": mode})
+        assert "stage eval: building" in caplog.text and "stage sft: reusing" in caplog.text
+        assert out["item_embeddings"] == mode and out["folder"] != trained["folder"]
+        assert_metrics_follow_from_ranks(out)
+        ranks[mode] = (Path(out["folder"]) / "test_ranks.tsv").read_text()
+    assert trained["item_embeddings"] == "trained"
+    assert ranks["none"] != ranks["trained"]  # the text-only prompt scores differently

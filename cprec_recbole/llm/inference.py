@@ -26,8 +26,16 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from cprec_recbole.errors import ConfigError
 from cprec_recbole.evaluation import INVALID, UNRANKED, evaluate_ranks, ranks_from_scores
-from cprec_recbole.llm.batching import LLMSample, encode_batch, pad_id, prompt_lengths
+from cprec_recbole.llm.batching import (
+    EncodedBatch,
+    LLMSample,
+    encode_batch,
+    pad_id,
+    prompt_lengths,
+)
+from cprec_recbole.llm.names import EVAL_ITEM_EMBEDDINGS
 from cprec_recbole.llm.projector import embed_batch, model_device
 from cprec_recbole.llm.prompts import PromptTemplate, answer_text
 
@@ -60,6 +68,46 @@ class EvalOutput:
 
 
 Evaluator = Callable[[nn.Module, Any, Sequence[LLMSample], EvalContext], EvalOutput]
+
+
+def derangement(n: int, seed: int) -> Tensor:
+    """A seeded permutation of ``range(n)`` without fixed points, uniform over all such (plain
+    permutations redrawn until one has none: ~e draws), so no item keeps its own row."""
+    if n < 2:
+        raise ValueError(f"no permutation of {n} item(s) moves every item")
+    generator = torch.Generator().manual_seed(seed)
+    while True:
+        order = torch.randperm(n, generator=generator)
+        if (order != torch.arange(n)).all():
+            return order
+
+
+def item_embedding_context(
+    ctx: EvalContext, mode: str, text_template: PromptTemplate | None, seed: int
+) -> EvalContext:
+    """The context for ``eval_item_embeddings``: ``trained`` as is; ``permuted``, each item's
+    embedding row swapped for another item's (``derangement``; row 0, padding, kept); ``none``,
+    the text-only prompt of the curriculum. What the collaborative embeddings add to a model's
+    ranking is the drop from ``trained``."""
+    if mode not in EVAL_ITEM_EMBEDDINGS:
+        raise ConfigError(
+            f"eval_item_embeddings: {mode!r} is not one of {', '.join(EVAL_ITEM_EMBEDDINGS)}"
+        )
+    if mode == "trained":
+        return ctx
+    if ctx.item_embeddings is None:
+        raise ConfigError(
+            f"eval_item_embeddings={mode}: this model's prompts read no item embeddings"
+        )
+    if mode == "permuted":
+        order = derangement(ctx.item_embeddings.shape[0] - 1, seed) + 1
+        rows = torch.cat([torch.zeros(1, dtype=torch.long), order])
+        return replace(
+            ctx, item_embeddings=ctx.item_embeddings[rows.to(ctx.item_embeddings.device)]
+        )
+    if text_template is None:
+        raise ConfigError("eval_item_embeddings=none needs a text_template (the text-only prompt)")
+    return replace(ctx, template=text_template)
 
 
 def output_metrics(out: EvalOutput, samples: Sequence[LLMSample], edges: Sequence[int]) -> dict:
@@ -289,11 +337,16 @@ def tree_attention_mask(prompt_mask: Tensor, segment: Tensor, dtype: torch.dtype
     return mask.masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
 
 
-@torch.no_grad()
-def candidate_log_likelihoods(
-    model: nn.Module, tokenizer, samples: Sequence[LLMSample], ctx: EvalContext
-) -> list[Tensor]:
-    """Each candidate's score after its sample's prompt (``score_rule``; higher is likelier).
+def candidate_scores(
+    model: nn.Module,
+    tokenizer,
+    samples: Sequence[LLMSample],
+    ctx: EvalContext,
+    prompts: EncodedBatch,
+) -> Tensor:
+    """Every candidate's score after its sample's encoded prompt (``score_rule``; higher is
+    likelier), flat over the samples' candidates in order, on the model's device, with
+    gradients where enabled: ``score`` ranks by it and listwise SFT trains on it.
 
     One forward per batch: each row is the left-padded prompt followed by all its candidates'
     answers side by side (``tree_layout``); ``tree_attention_mask`` keeps the answers apart and
@@ -302,25 +355,35 @@ def candidate_log_likelihoods(
     computed only from the prompt's last position on.
     """
     device = model_device(model)
-    batch = _encode(tokenizer, samples, ctx, device)
-    prompt = embed_batch(model, batch, ctx.item_embeddings, ctx.projector)
+    prompt = embed_batch(model, prompts, ctx.item_embeddings, ctx.projector)
     rule = _score_rule(ctx.config)
     answers = _answer_ids(tokenizer, samples, ctx, rule)
     tree = {k: v.to(device) for k, v in tree_layout(answers).items()}
     fed = model.get_input_embeddings()(tree["ids"]).to(prompt.dtype)
-    lengths = batch.attention_mask.sum(-1, keepdim=True)
+    lengths = prompts.attention_mask.sum(-1, keepdim=True)
     logits = model(
         inputs_embeds=torch.cat([prompt, fed], dim=1),
-        attention_mask=tree_attention_mask(batch.attention_mask, tree["segment"], prompt.dtype),
-        position_ids=torch.cat([batch.position_ids, lengths + tree["depth"]], dim=1),
+        attention_mask=tree_attention_mask(prompts.attention_mask, tree["segment"], prompt.dtype),
+        position_ids=torch.cat([prompts.position_ids, lengths + tree["depth"]], dim=1),
         logits_to_keep=tree["ids"].shape[1] + 1,
     ).logits
     log_probs = _token_log_probs(logits[tree["row"], tree["column"]], tree["target"])
-    counts = [len(s.candidates) for s in samples]
-    total = torch.bincount(tree["candidate"], weights=log_probs, minlength=sum(counts))
+    n = sum(len(s.candidates) for s in samples)
+    total = log_probs.new_zeros(n).index_add(0, tree["candidate"], log_probs)  # differentiable
     if rule == "mean":
-        total = total / torch.bincount(tree["candidate"], minlength=sum(counts))
-    return list(total.cpu().split(counts))
+        total = total / torch.bincount(tree["candidate"], minlength=n)
+    return total
+
+
+@torch.no_grad()
+def candidate_log_likelihoods(
+    model: nn.Module, tokenizer, samples: Sequence[LLMSample], ctx: EvalContext
+) -> list[Tensor]:
+    """Per sample, its candidates' scores on ``ctx.template``'s prompt (``candidate_scores``,
+    no gradients, on the CPU)."""
+    prompts = _encode(tokenizer, samples, ctx, model_device(model))
+    counts = [len(s.candidates) for s in samples]
+    return list(candidate_scores(model, tokenizer, samples, ctx, prompts).cpu().split(counts))
 
 
 def score(model: nn.Module, tokenizer, samples: Sequence[LLMSample], ctx: EvalContext):

@@ -5,3 +5,9 @@ checking an ID model's config does not import transformers and peft."""
 VARIANTS = ("DS", "DS+Mix(N)", "DS+Mix(S)", "DS+Mix(A)")
 #: The ID model whose item embeddings an LLM model's hybrid prompt projects.
 REC_MODEL = "SASRec"
+#: SFT's training objectives: the answer tokens' loss, the listwise one over the candidates'
+#: scores, or both mixed by ``sft_objective_mix``.
+SFT_OBJECTIVES = ("answer", "listwise", "mix")
+#: The item embeddings evaluation feeds the projector: as trained, another item's (a seeded
+#: derangement, for the diagnostics), or none (the text-only prompt).
+EVAL_ITEM_EMBEDDINGS = ("trained", "permuted", "none")

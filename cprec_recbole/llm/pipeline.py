@@ -29,7 +29,7 @@ from cprec_recbole.errors import ConfigError
 from cprec_recbole.io import write_atomic
 from cprec_recbole.llm.backbone import BACKBONE_KEYS, add_lora, add_special_tokens, load_backbone
 from cprec_recbole.llm.batching import LLMSample, prompt_titles
-from cprec_recbole.llm.inference import EvalContext, output_metrics
+from cprec_recbole.llm.inference import EvalContext, item_embedding_context, output_metrics
 from cprec_recbole.llm.loop import ADAPTER, CHECKPOINTS, load_adapter
 from cprec_recbole.llm.names import REC_MODEL
 from cprec_recbole.llm.projector import Projector
@@ -77,8 +77,14 @@ SFT_KEYS = (
     "eval_batch_users",
     # read by the validation SFT runs; the data stage's hash covers them too
     *("dataset", "model", "candidate_sampler", "num_negatives", "eval_seed", "sparsity_buckets"),
+    # the training loss (appended last: the earlier keys keep their order)
+    "sft_objective",
+    "sft_objective_mix",
 )
-EVAL_KEYS = ("inference", "score_rule", "score_max_tokens", "merge_lora", "eval_users", "eval_seed")
+EVAL_KEYS = (
+    *("inference", "score_rule", "score_max_tokens", "merge_lora", "eval_users", "eval_seed"),
+    "eval_item_embeddings",
+)
 #: Keys the LLM stages read that change no result: where things live, progress bars.
 LLM_USES = ("output_dir", "checkpoint_every", "show_progress", "backbone_cache")
 #: SFT validates with its own scoring keys, so a new test-time score rule reuses the SFT stage.
@@ -299,6 +305,8 @@ class LLMRecommender:
 
     def _eval(self, folder: Path, sft: Path | None) -> dict:
         model, tokenizer, ctx = self.trained(sft)
+        mode, seed = self.config["eval_item_embeddings"], int(self.config["eval_seed"])
+        ctx = item_embedding_context(ctx, mode, self.text_template, seed)
         samples = self.eval_samples("test", "eval_users")
         evaluator = self.plugins.evaluators.get(self.config["inference"])
         start = time.time()
@@ -318,6 +326,7 @@ class LLMRecommender:
             "dataset": self.config["dataset"],
             "backbone": self.config["llm_backbone"],
             "inference": self.config["inference"],
+            "item_embeddings": mode,
             "test": test,
             "valid": read_manifest(sft)["metrics"]["best_valid"] if sft else None,
             "eval_time_s": round(seconds, 1),

@@ -2,6 +2,10 @@
 
 The curriculum probability is ``step / (total_steps - 1)`` over the whole run (optimizer steps),
 not per epoch or per DataLoader worker as in LLaRA's code, so it reaches 1.0 at the last step.
+
+``sft_objective`` picks the loss: ``answer`` (LLaRA's causal-LM loss on the answer tokens),
+``listwise`` (cross-entropy of the positive among its candidates, scored as ``score`` ranks
+them), or ``mix``: ``(1 - sft_objective_mix) * answer + sft_objective_mix * listwise``.
 """
 
 from __future__ import annotations
@@ -9,17 +13,20 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
+from torch.nn.utils.rnn import pad_sequence
 
-from cprec_recbole.llm.batching import IGNORE_INDEX, LLMSample, encode_batch
-from cprec_recbole.llm.inference import EvalContext, output_metrics
+from cprec_recbole.llm.batching import IGNORE_INDEX, EncodedBatch, LLMSample, encode_batch
+from cprec_recbole.llm.inference import EvalContext, candidate_scores, output_metrics
 from cprec_recbole.llm.loop import Plan, TrainLoop, adam, batch_steps
+from cprec_recbole.llm.names import SFT_OBJECTIVES
 from cprec_recbole.llm.projector import embed_batch, model_device
 from cprec_recbole.llm.prompts import PromptTemplate
 from cprec_recbole.stages import peak_memory_mb
@@ -61,6 +68,66 @@ def answer_loss(
         batch.labels[:, -span:].flatten(),
         ignore_index=IGNORE_INDEX,
     )
+
+
+def listwise_loss(
+    model: nn.Module,
+    tokenizer,
+    samples: Sequence[LLMSample],
+    prompts: EncodedBatch,
+    ctx: EvalContext,
+) -> Tensor:
+    """Cross-entropy of each sample's positive among its candidates' scores, computed by
+    ``candidate_scores`` with ``ctx``'s score rule: it trains the ranking that ``score`` reads,
+    where the answer loss only raises the positive's likelihood, whatever the negatives'."""
+    counts = [len(s.candidates) for s in samples]
+    scores = candidate_scores(model, tokenizer, samples, ctx, prompts).split(counts)
+    rows = pad_sequence(list(scores), batch_first=True, padding_value=-math.inf)
+    target = torch.tensor([s.candidates.index(s.target) for s in samples], device=rows.device)
+    return nn.functional.cross_entropy(rows, target)
+
+
+def objective_weights(config: Mapping[str, Any]) -> dict[str, float]:
+    """Weight of the answer and listwise terms. A named objective rather than one weight in
+    [0, 1]: ``answer`` and ``listwise`` read as what they are in configs and results, and only
+    ``mix`` reads ``sft_objective_mix`` (the SFT hash covers it all the same)."""
+    objective = config["sft_objective"]
+    if objective not in SFT_OBJECTIVES:
+        raise ValueError(f"sft_objective: {objective!r} is not one of {', '.join(SFT_OBJECTIVES)}")
+    mix = float(config["sft_objective_mix"]) if objective == "mix" else float(objective != "answer")
+    return {"answer": 1.0 - mix, "listwise": mix}
+
+
+def sft_loss(
+    model: nn.Module,
+    setup: SFTSetup,
+    samples: Sequence[LLMSample],
+    hybrid: Tensor | bool,
+    weights: Mapping[str, float],
+) -> Tensor:
+    """One micro-batch's loss: each term of non-zero weight on its own encoding of the prompts
+    (with the answer for ``answer``, without for ``listwise``), so ``answer`` alone computes
+    exactly LLaRA's loss."""
+
+    def encoded(with_answer: bool) -> EncodedBatch:
+        return encode_batch(
+            setup.tokenizer,
+            setup.template,
+            samples,
+            setup.ctx.titles,
+            setup.ctx.item_index,
+            setup.ctx.noun,
+            with_answer=with_answer,
+            hybrid=hybrid,
+            text_template=setup.text_template,
+        ).to(model_device(model))
+
+    ctx = setup.ctx
+    terms = {
+        "answer": lambda: answer_loss(model, encoded(True), ctx.item_embeddings, ctx.projector),
+        "listwise": lambda: listwise_loss(model, setup.tokenizer, samples, encoded(False), ctx),
+    }
+    return sum(w * terms[name]() for name, w in weights.items() if w)
 
 
 def trainable_state(model: nn.Module, projector: nn.Module | None) -> dict:
@@ -161,6 +228,7 @@ def fine_tune(
     micro = int(config["micro_batch_size"])
     accumulate = max(1, math.ceil(int(config["train_batch_size"]) / micro))
     seed = int(config["seed"])
+    weights = objective_weights(config)  # a bad objective fails before any training
     n = len(setup.epoch_samples(0))
     plan = sft_plan(n, int(config["epochs"]), micro, accumulate, seed)
     total = len(plan.steps)
@@ -197,18 +265,7 @@ def fine_tune(
         if setup.text_template is not None:
             p = hybrid_probability(step, total)
             hybrid = torch.from_numpy(curriculum_choice(seed, step, ids[0], len(part), p))
-        batch = encode_batch(
-            setup.tokenizer,
-            setup.template,
-            part,
-            setup.ctx.titles,
-            setup.ctx.item_index,
-            setup.ctx.noun,
-            with_answer=True,
-            hybrid=hybrid,
-            text_template=setup.text_template,
-        ).to(model_device(model))
-        return answer_loss(model, batch, setup.ctx.item_embeddings, projector)
+        return sft_loss(model, setup, part, hybrid, weights)
 
     def end_of_epoch(name: str, steps_done: int) -> bool:
         epoch = int(name.rsplit("-", 1)[1])

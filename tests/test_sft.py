@@ -1,0 +1,149 @@
+"""SFT objectives on the tiny-random backbone: LLaRA's answer loss and the listwise one."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+from llm_fixtures import (  # noqa: F401  (pytest fixtures)
+    ITEM_INDEX,
+    TITLES,
+    one_thread_fixture,
+    samples,
+    tiny_model_fixture,
+    tiny_tokenizer_fixture,
+)
+
+from cprec_recbole.builtin.prompt_templates import LLARA_HYBRID
+from cprec_recbole.llm.batching import encode_batch
+from cprec_recbole.llm.inference import EvalContext, candidate_log_likelihoods, score
+from cprec_recbole.llm.projector import Projector
+from cprec_recbole.llm.sft import (
+    SFTSetup,
+    answer_loss,
+    fine_tune,
+    listwise_loss,
+    objective_weights,
+    sft_loss,
+)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def hybrid_context(model) -> EvalContext:
+    torch.manual_seed(0)
+    config = {"show_progress": False, "eval_batch_users": 4, "score_rule": "mean"}
+    return EvalContext(
+        LLARA_HYBRID,
+        TITLES,
+        ITEM_INDEX,
+        "game",
+        config,
+        torch.randn(len(TITLES), 8),
+        Projector(8, model.config.hidden_size),
+    )
+
+
+def setup_for(tokenizer, ctx: EvalContext, users, plugins) -> SFTSetup:
+    """Train and validate on the same users, every prompt hybrid (no curriculum)."""
+    return SFTSetup(
+        tokenizer,
+        LLARA_HYBRID,
+        None,
+        ctx,
+        lambda epoch: users,
+        users,
+        score,
+        plugins.schedulers.get("constant"),
+    )
+
+
+def sft_config(**objective) -> dict:
+    return {
+        "micro_batch_size": 4,
+        "train_batch_size": 4,
+        "seed": 0,
+        "epochs": 40,  # listwise on this toy: every positive first from ~epoch 22
+        "learning_rate": 3e-3,
+        "projector_decay": 0.0,
+        "warmup_ratio": 0.0,
+        "checkpoint_every": None,
+        "show_progress": False,
+        "max_grad_norm": None,
+        "autocast": False,
+        "compile": False,
+        "stopping_step": 40,
+        "sparsity_buckets": [1, 3],
+        "sft_objective": "answer",
+        "sft_objective_mix": 0.5,
+        **objective,
+    }
+
+
+def test_listwise_loss_is_the_cross_entropy_of_the_scores_that_score_ranks_by(
+    tiny_tokenizer, tiny_model
+):
+    users = samples(3, n_candidates=6)
+    users[1] = replace(users[1], candidates=users[1].candidates[:4])  # unequal candidate counts
+    ctx = hybrid_context(tiny_model)
+    prompts = encode_batch(tiny_tokenizer, LLARA_HYBRID, users, TITLES, ITEM_INDEX, "game", False)
+    loss = listwise_loss(tiny_model, tiny_tokenizer, users, prompts, ctx)
+    scores = candidate_log_likelihoods(tiny_model, tiny_tokenizer, users, ctx)
+    expected = torch.stack(
+        [
+            torch.nn.functional.cross_entropy(s, torch.tensor(u.candidates.index(u.target)))
+            for u, s in zip(users, scores, strict=True)
+        ]
+    ).mean()
+    torch.testing.assert_close(loss, expected)
+    loss.backward()  # gradients reach the projector through the candidates' scores
+    assert ctx.projector.net[0].weight.grad.abs().sum() > 0
+
+
+def test_answer_objective_is_exactly_the_answer_loss_and_mix_weights_both(
+    tiny_tokenizer, tiny_model, plugins
+):
+    users = samples(3, n_candidates=5)
+    ctx = hybrid_context(tiny_model)
+    setup = setup_for(tiny_tokenizer, ctx, users, plugins)
+    answers = encode_batch(tiny_tokenizer, LLARA_HYBRID, users, TITLES, ITEM_INDEX, "game", True)
+    prompts = encode_batch(tiny_tokenizer, LLARA_HYBRID, users, TITLES, ITEM_INDEX, "game", False)
+    tiny_model.eval()  # no dropout: each loss is computed twice
+    answer = answer_loss(tiny_model, answers, ctx.item_embeddings, ctx.projector)
+    listwise = listwise_loss(tiny_model, tiny_tokenizer, users, prompts, ctx)
+
+    def loss(**objective) -> torch.Tensor:
+        return sft_loss(tiny_model, setup, users, True, objective_weights(sft_config(**objective)))
+
+    assert torch.equal(loss(sft_objective="answer"), answer)
+    assert torch.equal(loss(sft_objective="listwise"), listwise)
+    mixed = loss(sft_objective="mix", sft_objective_mix=0.25)
+    torch.testing.assert_close(mixed, 0.75 * answer + 0.25 * listwise)
+    assert objective_weights(sft_config(sft_objective="mix", sft_objective_mix=0.0)) == {
+        "answer": 1.0,
+        "listwise": 0.0,
+    }
+
+
+def test_an_unknown_objective_fails_before_training_naming_the_key(
+    tiny_tokenizer, tiny_model, plugins, tmp_path
+):
+    ctx = hybrid_context(tiny_model)
+    setup = setup_for(tiny_tokenizer, ctx, samples(2), plugins)
+    with pytest.raises(ValueError, match="sft_objective: 'foo' is not one of answer, listwise"):
+        fine_tune(tiny_model, ctx.projector, setup, sft_config(sft_objective="foo"), tmp_path)
+
+
+def test_listwise_sft_ranks_every_memorised_positive_first(
+    tiny_tokenizer, tiny_model, plugins, tmp_path
+):
+    users = samples(4, n_candidates=8)
+    ctx = hybrid_context(tiny_model)
+    setup = setup_for(tiny_tokenizer, ctx, users, plugins)
+    config = sft_config(sft_objective="listwise")
+    assert score(tiny_model, tiny_tokenizer, users, ctx).ranks.tolist() != [0] * len(users)
+    metrics, _ = fine_tune(tiny_model, ctx.projector, setup, config, tmp_path)
+    assert metrics["best_valid"]["hr@1"] == 1.0
+    out = score(tiny_model, tiny_tokenizer, users, ctx)  # the best state, as fine_tune ends
+    assert out.ranks.tolist() == [0] * len(users)
