@@ -69,6 +69,21 @@ def tiny_base(tiny_data: Path, tmp_path: Path) -> dict:
 
 
 @pytest.fixture
+def tiny_sft(tiny_base: dict) -> dict:
+    """A fast LLM run on ``Tiny``: the tiny-random backbone, one short SFT epoch, few users."""
+    return {
+        **tiny_base,
+        "llm_backbone": "tiny-random",
+        "sft_samples": 32,
+        "valid_users": 8,
+        "eval_users": 12,
+        "epochs": 1,
+        "micro_batch_size": 8,
+        "train_batch_size": 8,
+    }
+
+
+@pytest.fixture
 def tiny_overrides(tiny_base: dict) -> dict:
     """A fast SASRec on ``Tiny``."""
     return {**tiny_base, **TINY_SIZES["SASRec"]}

@@ -233,14 +233,20 @@ def memorise(model, tokenizer, users, ctx, steps: int = 80) -> None:
     model.eval()
 
 
-def test_memorised_model_generate_and_score_pick_the_same_correct_top1(tiny_tokenizer, tiny_model):
+def memorised_hybrid(model, tokenizer):
+    """Four users of five candidates each, their hybrid prompts' answers memorised by ``model``."""
     torch.manual_seed(0)
     users = samples(4, n_candidates=5)
     ctx = context(
         item_embeddings=torch.randn(len(TITLES), 8),
-        projector=Projector(8, tiny_model.config.hidden_size),
+        projector=Projector(8, model.config.hidden_size),
     )
-    memorise(tiny_model, tiny_tokenizer, users, ctx)
+    memorise(model, tokenizer, users, ctx)
+    return users, ctx
+
+
+def test_memorised_model_generate_and_score_pick_the_same_correct_top1(tiny_tokenizer, tiny_model):
+    users, ctx = memorised_hybrid(tiny_model, tiny_tokenizer)
     generated = generate(tiny_model, tiny_tokenizer, users, ctx)
     scored = score(tiny_model, tiny_tokenizer, users, ctx)
     assert generated.ranks.tolist() == [0] * 4
@@ -338,13 +344,7 @@ def test_item_embedding_modes_a_model_cannot_run_name_the_key():
 
 
 def test_permuted_embeddings_change_a_trained_hybrid_models_scores(tiny_tokenizer, tiny_model):
-    torch.manual_seed(0)
-    users = samples(4, n_candidates=5)
-    ctx = context(
-        item_embeddings=torch.randn(len(TITLES), 8),
-        projector=Projector(8, tiny_model.config.hidden_size),
-    )
-    memorise(tiny_model, tiny_tokenizer, users, ctx)
+    users, ctx = memorised_hybrid(tiny_model, tiny_tokenizer)
     before = candidate_log_likelihoods(tiny_model, tiny_tokenizer, users, ctx)
     trained = item_embedding_context(ctx, "trained", LLARA_TEXT, 2024)
     permuted = item_embedding_context(ctx, "permuted", LLARA_TEXT, 2024)

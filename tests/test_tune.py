@@ -72,16 +72,9 @@ def test_sasrec_search_picks_the_learning_rate_that_learns(tiny_overrides):
     )
 
 
-def test_llara_search_validates_each_trial_and_tests_only_the_chosen(tmp_path, tiny_base):
+def test_llara_search_validates_each_trial_and_tests_only_the_chosen(tiny_sft, tiny_base):
     overrides = {
-        **tiny_base,
-        "llm_backbone": "tiny-random",
-        "sft_samples": 32,
-        "valid_users": 8,
-        "eval_users": 12,
-        "epochs": 1,
-        "micro_batch_size": 8,
-        "train_batch_size": 8,
+        **tiny_sft,
         "rec_model_overrides": {"epochs": 1, "hidden_size": 16, "inner_size": 32, "n_layers": 1},
         "tune": True,
         "tune_space": {"learning_rate": [1e-3, 3e-3]},
