@@ -39,17 +39,14 @@ from __future__ import annotations
 import copy
 import json
 import os
-import signal
 import sys
 import time
 from collections.abc import Sequence
-from contextlib import contextmanager
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 import torch
-from torch.nn import functional as F
 
 from cprec_recbole.data.corpus import Corpus, corpus_stage, load_corpus
 from cprec_recbole.io import write_json
@@ -62,6 +59,7 @@ from cprec_recbole.llm.sft import answer_loss, answer_span, load_trainable_state
 from cprec_recbole.stages import machine
 
 from harness import configure
+from rates import Dims, matmul_rates, model_dims, paused
 
 #: peft's default precision: fp32 adapters, every adapter input cast up (the naive rows)
 PEFT_PRECISION = {"autocast": False, "compile": False}
@@ -95,36 +93,6 @@ def padding(micros: Sequence[Sequence[int]], lengths: np.ndarray) -> dict:
     }
 
 
-class Dims(NamedTuple):
-    """What the FLOP count needs from the model."""
-
-    frozen: int  # weights of the decoder layers' linear maps (no embeddings, no LoRA)
-    lora: int  # trainable LoRA weights
-    layers: int
-    query: int  # heads x head_dim
-    hidden: int
-    vocab: int
-
-
-def model_dims(model) -> Dims:
-    cfg = model.config
-    frozen = sum(
-        p.numel()
-        for n, p in model.named_parameters()
-        if p.dim() == 2 and ".layers." in n and "lora_" not in n
-    )
-    lora = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-    return Dims(
-        frozen,
-        lora,
-        cfg.num_hidden_layers,
-        cfg.num_attention_heads * head_dim,
-        cfg.hidden_size,
-        cfg.vocab_size,
-    )
-
-
 def train_flops(lengths: Sequence[int], width: int, kept: int, dims: Dims) -> tuple[float, float]:
     """(executed, useful) FLOPs of one micro-batch's forward + backward; see the module doc."""
     rows = len(lengths)
@@ -150,19 +118,6 @@ def rate_row(name: str, micro: int, seconds: float, real: int, padded: int, flop
         "executed_gflops_per_s": round(flops[0] / seconds / 1e9, 1),
         "useful_gflops_per_s": round(flops[1] / seconds / 1e9, 1),
     }
-
-
-@contextmanager
-def paused(pid: int):
-    """SIGSTOP ``pid`` (a job sharing the CPU) for the duration, SIGCONT after; 0: nothing."""
-    if not pid:
-        yield
-        return
-    os.kill(pid, signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        os.kill(pid, signal.SIGCONT)
 
 
 # ------------------------------------------------------------------ the measured parts
@@ -309,34 +264,6 @@ def profile_steps(s: Setup, micros, n: int) -> dict:
             }
             for e in top
         ],
-    }
-
-
-def matmul_rates(model, rows: int, dtype: torch.dtype, repeats: int, pid: int) -> dict:
-    """GFLOP/s of ``F.linear`` on [rows, in] inputs with every distinct decoder weight shape;
-    ``layer`` = the mix of one decoder layer (total FLOPs / total seconds)."""
-    layer = model.model.layers[0]
-    shapes = [m.weight.shape for m in layer.modules() if isinstance(m, torch.nn.Linear)]
-    seconds = {}
-    with paused(pid):
-        for out_f, in_f in dict.fromkeys(tuple(x) for x in shapes):
-            x = torch.randn(rows, in_f, dtype=dtype)
-            w = torch.randn(out_f, in_f, dtype=dtype)
-            for _ in range(3):
-                F.linear(x, w)
-            start = time.perf_counter()
-            for _ in range(repeats):
-                F.linear(x, w)
-            seconds[(out_f, in_f)] = (time.perf_counter() - start) / repeats
-    per_shape = {
-        f"{rows}x{i}x{o}": round(2 * rows * i * o / t / 1e9, 1) for (o, i), t in seconds.items()
-    }
-    flops = sum(2 * rows * i * o for o, i in map(tuple, shapes))
-    layer_s = sum(seconds[tuple(x)] for x in shapes)
-    return {
-        "dtype": str(dtype).removeprefix("torch."),
-        "per_shape": per_shape,
-        "layer": round(flops / layer_s / 1e9, 1),
     }
 
 

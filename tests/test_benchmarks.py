@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from llm_fixtures import tiny_model_fixture  # noqa: F401  (a pytest fixture)
 
 from cprec_recbole.evaluation import INVALID, UNRANKED
 from cprec_recbole.llm.inference import EvalOutput
@@ -44,6 +46,8 @@ def test_benchmark_times_generate_and_both_scores_on_the_same_users(bench, tiny_
         "--model=LLaMA2ZeroShot",
         "--dataset=Tiny",
         "--users=6",
+        "--sweep=1",
+        "--matmul_repeats=2",
         f"--results_dir={tmp_path / 'results'}",
     ]
     out = bench.main(argv)
@@ -56,6 +60,11 @@ def test_benchmark_times_generate_and_both_scores_on_the_same_users(bench, tiny_
         k: piped[k] for k in ("hr@1", "hr@5", "valid_ratio")
     }
     assert out["score_mean_whole_answers"]["score_rule"] == "mean"
+    # the sweep scores the same users at every other batch size, against the session-16 default
+    sweep = [out[f"score_batch_{b}"] for b in bench.SWEEP if b != out["eval_batch_users"]]
+    assert [row["eval_batch_users"] for row in sweep] == [1, 8, 16]
+    assert all(row["fraction_of_matmul_rate"] > 0 for row in (out["score"], *sweep))
+    assert out["ratio_over_reference"] > 0 and out["score"]["rank_changes_vs_score"] == 0
     assert out["ratio_generate_over_score"] == pytest.approx(
         out["generate"]["seconds"] / out["score"]["seconds"], rel=0.01
     )
@@ -77,6 +86,24 @@ def test_sft_step_benchmark_times_both_losses_on_the_same_batches(tiny_overrides
     assert out["micro_batches"] == 2
     assert out["naive_s_per_sample"] > 0 and out["shipped_s_per_sample"] > 0
     assert json.loads((tmp_path / "sft-step-LLaRA-tiny-random.json").read_text()) == out
+
+
+def test_counted_forward_flops_are_torchs_own_count(tiny_model):
+    """The hooks count what torch's FLOP counter counts for the same calls (the decoder's linear
+    maps and the LM head at the kept positions; it does not count the CPU's fused attention
+    kernel), plus attention over each call's whole square."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    rates = load_script("rates")
+    ids = torch.randint(0, tiny_model.config.vocab_size, (3, 11))
+    counter = rates.counting_forwards(tiny_model)
+    with torch.no_grad(), counter as count, FlopCounterMode(display=False) as reference:
+        tiny_model(input_ids=ids, logits_to_keep=2)
+        tiny_model(input_ids=ids[:, :5])
+    assert count.calls == 2 and count.tokens == 3 * 11 + 3 * 5
+    assert count.matmul == reference.get_total_flops()
+    dims = rates.model_dims(tiny_model)
+    assert count.attention == 4 * dims.layers * dims.query * 3 * (11 * 11 + 5 * 5)
 
 
 # --------------------------------------------------------------------------- CPT throughput
