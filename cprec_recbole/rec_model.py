@@ -72,7 +72,13 @@ def _train(folder: Path, config: RunConfig, model_cls: type, data: PreparedData)
     start = time.time()
     test_result = trainer.evaluate(test, load_best_model=True, show_progress=show)
     eval_time = time.time() - start
-    ranks = {"user_id": test.user_ids, "rank": trainer.last_ranks, "history_len": test.item_seq_len}
+    ranks = {
+        "user_id": test.user_ids,
+        "rank": trainer.last_ranks,
+        "history_len": test.item_seq_len,
+        "positive": test.target_index,
+        "top1": trainer.last_top1,
+    }
     write_ranks(folder, pd.DataFrame(ranks))
     results = {
         "model": config["model"],

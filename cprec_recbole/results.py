@@ -46,7 +46,9 @@ def write_results(folder: Path, results: dict) -> None:
 
 
 def write_ranks(folder: Path, ranks: pd.DataFrame) -> None:
-    """test_ranks.tsv, one row per test user (``user_id``, ``rank``...): what ``compare`` pairs."""
+    """test_ranks.tsv, one row per test user (``user_id``, ``rank``...): what ``compare`` pairs;
+    ``positive`` and ``top1``, the candidate positions of the positive and of the model's first
+    pick, are what the diagnostics read (:mod:`cprec_recbole.diagnostics`)."""
     write_atomic(folder / RANKS_FILE, lambda tmp: ranks.to_csv(tmp, sep="\t", index=False))
 
 

@@ -59,6 +59,7 @@ class CandidateTrainer(Trainer):
         self.saved_model_file = str(folder / "model.pth")
         self.bucket_edges = bucket_edges
         self.last_ranks: np.ndarray | None = None
+        self.last_top1: np.ndarray | None = None  # candidate position of each user's top score
 
     def _build_optimizer(self, **kwargs):
         """RecBole's optimizer; a model with ``parameter_groups(learning_rate)`` (MoRec end to
@@ -105,4 +106,5 @@ class CandidateTrainer(Trainer):
         scores = self.scores(eval_data, show_progress)
         ranks = ranks_from_scores(scores, eval_data.target_index, eval_data.user_ids)
         self.last_ranks = ranks
+        self.last_top1 = scores.argmax(axis=1)
         return evaluate_ranks(ranks, eval_data.item_seq_len.numpy(), self.bucket_edges)

@@ -26,8 +26,12 @@ def hand_metrics(ranks_file: Path) -> dict[str, float]:
 
 
 def assert_metrics_follow_from_ranks(results: dict) -> pd.DataFrame:
-    """Every reported test metric equals its hand computation from ``test_ranks.tsv``."""
+    """Every reported test metric equals its hand computation from ``test_ranks.tsv``, and a
+    hit is a first pick at the positive's candidate position."""
     ranks_file = Path(results["folder"]) / "test_ranks.tsv"
     for key, value in hand_metrics(ranks_file).items():
         assert results["test"][key] == pytest.approx(value), key
-    return pd.read_csv(ranks_file, sep="\t")
+    table = pd.read_csv(ranks_file, sep="\t")
+    hits = table["rank"] == 0
+    assert (table.loc[hits, "top1"] == table.loc[hits, "positive"]).all()
+    return table

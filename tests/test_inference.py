@@ -106,6 +106,8 @@ def test_iterative_rank_is_the_round_of_the_positive_or_invalid():
     assert result.ranks.tolist() == [INVALID, 2, UNRANKED]
     assert result.valid.tolist() == [False, True, True]
     assert result.answers[0] == " nothing I know\n"
+    first = [users[u].candidates.index(order[f"u{u}"][0]) for u in (1, 2)]
+    assert result.top1.tolist() == [INVALID, *first]  # the round-0 pick's candidate position
 
 
 def slow_answer_log_probs(model, tokenizer, sample, ctx) -> list[torch.Tensor]:
@@ -254,6 +256,8 @@ def test_memorised_model_generate_and_score_pick_the_same_correct_top1(tiny_toke
     assert generated.valid.all()
     assert generated.answers == [answer_text(TITLES[s.target]) for s in users]
     assert scored.answers == [TITLES[s.target] for s in users]
+    positives = [s.candidates.index(s.target) for s in users]
+    assert generated.top1.tolist() == scored.top1.tolist() == positives
 
 
 def test_text_only_model_runs_without_projector(tiny_tokenizer, tiny_model):

@@ -319,7 +319,10 @@ class LLMRecommender:
             "valid": out.valid,
             "history_len": [len(s.history) for s in samples],
             "answer": out.answers,
+            "positive": [s.candidates.index(s.target) for s in samples],
         }
+        if out.top1 is not None:
+            ranks["top1"] = out.top1
         write_ranks(folder, pd.DataFrame(ranks))
         results = {
             "model": self.config["model"],
