@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from cprec_recbole.compare import check_same_candidates, read_ranks
 from cprec_recbole.config import key_lines, read_yaml
+from cprec_recbole.diagnostics import diagnostics_section
 from cprec_recbole.errors import ConfigError
 from cprec_recbole.evaluation import INVALID
 from cprec_recbole.io import write_atomic, write_text
@@ -33,10 +34,10 @@ from cprec_recbole.plugins import Plugins
 from cprec_recbole.results import markdown_table
 from cprec_recbole.stages import read_manifest
 
-EXPERIMENT_KEYS = ("description", "seeds", "runs", "metrics", "report", "figure")
+EXPERIMENT_KEYS = ("description", "seeds", "runs", "metrics", "report", "figure", "reference", "x")
 RUN_KEYS = ("name", "model", "overrides", "seed_key")
-REPORTS = ("table", "buckets", "cost")
-FIGURES = (None, "bars", "curve")
+REPORTS = ("table", "buckets", "cost", "diagnostics")
+FIGURES = (None, "bars", "curve", "lines")
 DEFAULT_METRICS = ["hr@1", "hr@3", "hr@5", "ndcg@3", "ndcg@5", "valid_ratio"]
 
 
@@ -60,6 +61,8 @@ class Experiment:
     metrics: list[str] = field(default_factory=lambda: list(DEFAULT_METRICS))
     report: str = "table"
     figure: str | None = None
+    reference: str | None = None  # diagnostics: the arm whose first picks the others are matched to
+    x: str | None = None  # lines: the override on the x axis, one line per model
 
 
 def _bad_key(where: str, key: str, known: Iterable[str]) -> ConfigError:
@@ -105,6 +108,11 @@ def load_experiment(name: str, path: Path, models: Iterable[str]) -> Experiment:
         raise ConfigError(f"{path}: report must be one of {REPORTS}, got {report!r}")
     if figure not in FIGURES:
         raise ConfigError(f"{path}: figure must be one of {FIGURES}, got {figure!r}")
+    reference, x = data.get("reference"), data.get("x")
+    if report == "diagnostics" and reference not in names:
+        raise ConfigError(f"{path}: report diagnostics needs 'reference:', one of the runs {names}")
+    if figure == "lines":
+        _check_x(path, x, arms)
     return Experiment(
         name=name,
         description=str(data.get("description", "")),
@@ -113,7 +121,20 @@ def load_experiment(name: str, path: Path, models: Iterable[str]) -> Experiment:
         metrics=list(data.get("metrics") or DEFAULT_METRICS),
         report=report,
         figure=figure,
+        reference=reference,
+        x=x,
     )
+
+
+def _check_x(path: Path, x: Any, arms: list[Arm]) -> None:
+    """A ``lines`` figure plots each arm at its value of the override ``x``: every arm sets it
+    to a number."""
+    if not isinstance(x, str):
+        raise ConfigError(f"{path}: figure lines needs 'x:', the override on the x axis")
+    for arm in arms:
+        value = arm.overrides.get(x)
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            raise ConfigError(f"{path}: run {arm.name} must set {x} to a number for the x axis")
 
 
 def arm_overrides(arm: Arm, base: Mapping[str, Any], seed_index: int, base_seed: int) -> dict:
@@ -254,7 +275,7 @@ def run_experiment(
     report = render_report(experiment, dataset, summary, table, best, seeds, time.time() - start)
     if experiment.figure:
         title = f"{name} on {dataset}: test HR@1"
-        figure(summary, folder / f"{name}.png", title, experiment.figure)
+        figure(summary, folder / f"{name}.png", title, experiment)
         report += f"\n![{name}]({name}.png)\n"
     write_text(folder / "report.md", report)
     return folder
@@ -342,6 +363,10 @@ def render_report(
         lines += ["", "Test HR@1 by history length (mean over seeds):", "", _buckets(rows)]
     if experiment.report == "cost":
         lines += ["", "Cost per run (mean over seeds):", "", cost_table(rows)]
+    if experiment.report == "diagnostics":
+        arms = rows.groupby("arm", sort=False)["folder"]
+        folders = {arm: [Path(f) for f in group] for arm, group in arms}
+        lines += diagnostics_section(folders, str(experiment.reference))
     return "\n".join(lines) + "\n"
 
 
@@ -367,22 +392,43 @@ def cost_table(rows: pd.DataFrame) -> str:
     return markdown_table(cells.reset_index().rename(columns=COST_COLUMNS))
 
 
-def figure(summary: pd.DataFrame, path: Path, title: str, kind: str) -> None:
-    """Mean test HR@1 per arm with the seeds' std: bars, or a curve over the arms' order (the
-    data-volume study: one arm per CPT checkpoint)."""
+def figure(summary: pd.DataFrame, path: Path, title: str, experiment: Experiment) -> None:
+    """Mean test HR@1 per arm with the seeds' std: bars, a curve over the arms' order (the
+    data-volume study: one arm per CPT checkpoint), or lines, one per model, against each arm's
+    value of the override ``x`` (the learning curve: HR@1 against SFT samples)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(1.2 * len(summary) + 2, 3.5))
+    wide = experiment.figure != "lines"
+    fig, ax = plt.subplots(figsize=(1.2 * len(summary) + 2 if wide else 6.5, 3.5))
     mean, std = summary["hr@1 mean"], summary["hr@1 std"].fillna(0)
-    if kind == "bars":
+    if experiment.figure == "bars":
         ax.bar(summary.index, mean, yerr=std, capsize=4, color="#4878a8")
-    else:
+    elif experiment.figure == "curve":
         ax.errorbar(summary.index, mean, yerr=std, marker="o", capsize=4, color="#4878a8")
+    else:
+        for model, arms in lines_of(experiment).items():
+            points = sorted((arm.overrides[experiment.x], arm.name) for arm in arms)
+            xs, names = [p[0] for p in points], [p[1] for p in points]
+            ax.errorbar(xs, mean[names], yerr=std[names], marker="o", capsize=4, label=model)
+        ticks = sorted({arm.overrides[experiment.x] for arm in experiment.arms})
+        ax.set_xscale("log")  # sizes that double are evenly spaced
+        ax.set_xticks(ticks, [f"{t:,}" for t in ticks])
+        ax.minorticks_off()
+        ax.set_xlabel(str(experiment.x))
+        ax.legend()
     ax.set_ylabel("test HR@1")
     ax.set_title(title)
     fig.tight_layout()
     write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
     plt.close(fig)
+
+
+def lines_of(experiment: Experiment) -> dict[str, list[Arm]]:
+    """The arms of each model, in the experiment's order: one line of a ``lines`` figure each."""
+    lines: dict[str, list[Arm]] = {}
+    for arm in experiment.arms:
+        lines.setdefault(arm.model, []).append(arm)
+    return lines

@@ -8,11 +8,15 @@ import pandas as pd
 import pytest
 
 from cprec_recbole.cli import main
+from cprec_recbole.command import build_config
 from cprec_recbole.config import PROPERTIES
+from cprec_recbole.config_check import check_config
 from cprec_recbole.errors import ConfigError
 from cprec_recbole.experiments import (
     cost_of,
     cost_table,
+    figure,
+    lines_of,
     load_experiment,
     overrides_for,
     paired_test,
@@ -37,6 +41,8 @@ def test_every_builtin_experiment_loads_and_names_registered_models(plugins):
         "data_volume",
         "cost",
         "cpu_comparison",
+        "diagnostics",
+        "learning_curve",
     }
     assert expected <= set(names)
     for name in names:
@@ -74,6 +80,12 @@ def test_every_builtin_experiment_loads_and_names_registered_models(plugins):
         ("runs: []\n", "'runs' must list the arms"),
         ("report: bars\nruns:\n  - {model: SASRec}\n", "report must be one of"),
         ("runs:\n  - {model: SASRec}\n  - {model: SASRec}\n", "two runs share a name"),
+        ("report: diagnostics\nruns:\n  - {model: SASRec}\n", "diagnostics needs 'reference:'"),
+        ("figure: lines\nruns:\n  - {model: SASRec}\n", "lines needs 'x:'"),
+        (
+            "figure: lines\nx: epochs\nruns:\n  - {model: SASRec, overrides: {epochs: all}}\n",
+            "run SASRec must set epochs to a number",
+        ),
     ],
 )
 def test_experiment_yaml_errors_name_the_bad_key(tmp_path, text, message):
@@ -81,6 +93,23 @@ def test_experiment_yaml_errors_name_the_bad_key(tmp_path, text, message):
     path.write_text(text)
     with pytest.raises(ConfigError, match=message):
         load_experiment("x", path, MODELS)
+
+
+def test_the_learning_curve_runs_llara_and_cprec_at_the_same_checked_sizes(plugins, tmp_path):
+    path = PROPERTIES / "experiments" / "learning_curve.yaml"
+    curve = load_experiment("learning_curve", path, plugins.models.names())
+    lines = lines_of(curve)
+    sizes = {model: [a.overrides["sft_samples"] for a in arms] for model, arms in lines.items()}
+    assert sizes["LLaRA"] == sizes["CPRec"] == [768, 1536, 3072, 6072, 11307]
+    for arm in curve.arms:  # what the experiment checks before its first run
+        wanted = {**arm.overrides, "eval_users": 1000}
+        check_config(build_config(arm.model, "Game", plugins, (), wanted), plugins, [], wanted)
+    summary = pd.DataFrame(
+        {"hr@1 mean": [0.1, 0.2, 0.15, 0.25] * 2 + [0.3, 0.35], "hr@1 std": [0.01] * 10},
+        index=[a.name for a in curve.arms],
+    )
+    figure(summary, tmp_path / "curve.png", "learning curve", curve)
+    assert (tmp_path / "curve.png").stat().st_size > 1000
 
 
 def test_paired_t_test_on_identical_hits_reports_no_significance():
