@@ -127,14 +127,16 @@ def load_experiment(name: str, path: Path, models: Iterable[str]) -> Experiment:
 
 
 def _check_x(path: Path, x: Any, arms: list[Arm]) -> None:
-    """A ``lines`` figure plots each arm at its value of the override ``x``: every arm sets it
-    to a number."""
+    """A ``lines`` figure plots each arm at its value of the override ``x`` on a log axis:
+    every arm sets it to a positive number."""
     if not isinstance(x, str):
         raise ConfigError(f"{path}: figure lines needs 'x:', the override on the x axis")
     for arm in arms:
         value = arm.overrides.get(x)
-        if not isinstance(value, int | float) or isinstance(value, bool):
-            raise ConfigError(f"{path}: run {arm.name} must set {x} to a number for the x axis")
+        if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
+            raise ConfigError(
+                f"{path}: run {arm.name} must set {x} to a positive number for the x axis"
+            )
 
 
 def arm_overrides(arm: Arm, base: Mapping[str, Any], seed_index: int, base_seed: int) -> dict:

@@ -84,7 +84,7 @@ def test_every_builtin_experiment_loads_and_names_registered_models(plugins):
         ("figure: lines\nruns:\n  - {model: SASRec}\n", "lines needs 'x:'"),
         (
             "figure: lines\nx: epochs\nruns:\n  - {model: SASRec, overrides: {epochs: all}}\n",
-            "run SASRec must set epochs to a number",
+            "run SASRec must set epochs to a positive number",
         ),
     ],
 )
