@@ -42,6 +42,17 @@ def ranks_from_scores(
     return ahead.astype(np.int64)
 
 
+def first_pick_positions(
+    candidates: Sequence[Sequence[str]], picks: Sequence[Sequence[str]]
+) -> np.ndarray:
+    """Per user, the candidate-list position of the model's first pick, ``INVALID`` where it
+    picked none: what the diagnostics compare with another model's first pick."""
+    return np.array(
+        [list(c).index(p[0]) if p else INVALID for c, p in zip(candidates, picks, strict=True)],
+        dtype=np.int64,
+    )
+
+
 def rank_metrics(ranks: np.ndarray, ks: tuple[int, ...] = (1, 3, 5)) -> dict[str, float]:
     """HR@k and NDCG@k (k > 1) over all users; invalid answers are misses."""
     ranks = np.asarray(ranks)

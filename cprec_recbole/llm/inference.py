@@ -58,16 +58,14 @@ class EvalContext:
 
 @dataclass
 class EvalOutput:
-    """Per user: rank of the positive (``INVALID`` = -1), round-0 validity and raw answer, the
-    candidates picked round after round (generation only), and the position in the candidate
-    list of the model's first pick (-1: none; None: an evaluator that does not say), which the
-    diagnostics compare with another model's."""
+    """Per user: rank of the positive (``INVALID`` = -1), round-0 validity and raw answer, and
+    the candidates in the order the model ranks them (generation: picked round after round;
+    score: all, by score), whose first the diagnostics compare across models."""
 
     ranks: np.ndarray
     valid: np.ndarray
     answers: list[str]
     picks: list[list[str]] = field(default_factory=list)
-    top1: np.ndarray | None = None
 
 
 Evaluator = Callable[[nn.Module, Any, Sequence[LLMSample], EvalContext], EvalOutput]
@@ -226,8 +224,7 @@ def iterative_ranks(
             active = still
         progress.update(len(chunk))
     progress.close()
-    top1 = [s.candidates.index(p[0]) if p else INVALID for s, p in zip(samples, picks, strict=True)]
-    return EvalOutput(ranks, valid, answers, picks, np.array(top1, dtype=np.int64))
+    return EvalOutput(ranks, valid, answers, picks)
 
 
 def generate(model: nn.Module, tokenizer, samples: Sequence[LLMSample], ctx: EvalContext):
@@ -396,8 +393,8 @@ def score(model: nn.Module, tokenizer, samples: Sequence[LLMSample], ctx: EvalCo
     model.eval()
     n = len(samples)
     ranks = np.zeros(n, dtype=np.int64)
-    top1 = np.zeros(n, dtype=np.int64)
     answers = [""] * n
+    picks: list[list[str]] = [[] for _ in range(n)]
     progress = _progress(ctx.config, n, "score")
     for chunk in _batches(tokenizer, samples, ctx):
         part = [samples[u] for u in chunk]
@@ -407,8 +404,8 @@ def score(model: nn.Module, tokenizer, samples: Sequence[LLMSample], ctx: EvalCo
             scores = scores.numpy()[None]
             target = np.array([sample.candidates.index(sample.target)])
             ranks[u] = ranks_from_scores(scores, target, [sample.user_id])[0]
-            top1[u] = int(scores.argmax())
-            answers[u] = ctx.titles[sample.candidates[top1[u]]]
+            picks[u] = [sample.candidates[k] for k in np.argsort(-scores[0], kind="stable")]
+            answers[u] = ctx.titles[picks[u][0]]
         progress.update(len(chunk))
     progress.close()
-    return EvalOutput(ranks, np.ones(n, dtype=bool), answers, top1=top1)
+    return EvalOutput(ranks, np.ones(n, dtype=bool), answers, picks)

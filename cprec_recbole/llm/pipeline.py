@@ -26,6 +26,7 @@ from cprec_recbole.data.candidates import draw_candidate_sets
 from cprec_recbole.data.prepare import PreparedData
 from cprec_recbole.data.windows import sliding_windows
 from cprec_recbole.errors import ConfigError
+from cprec_recbole.evaluation import first_pick_positions
 from cprec_recbole.io import write_atomic
 from cprec_recbole.llm.backbone import BACKBONE_KEYS, add_lora, add_special_tokens, load_backbone
 from cprec_recbole.llm.batching import LLMSample, prompt_titles
@@ -321,8 +322,8 @@ class LLMRecommender:
             "answer": out.answers,
             "positive": [s.candidates.index(s.target) for s in samples],
         }
-        if out.top1 is not None:
-            ranks["top1"] = out.top1
+        if out.picks:
+            ranks["top1"] = first_pick_positions([s.candidates for s in samples], out.picks)
         write_ranks(folder, pd.DataFrame(ranks))
         results = {
             "model": self.config["model"],
