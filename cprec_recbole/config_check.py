@@ -116,6 +116,7 @@ RULES: dict[str, Number | Choice] = {
             "max_new_tokens",
             "eval_batch_users",
             "text_encoder_chunk",
+            "corpus_shards",
         ],
         COUNT,
     ),

@@ -67,8 +67,10 @@ def register_domains(register: Register) -> None:
     ``DataError`` naming the file and line for bad input. Optional ``domain.fingerprint(config)``:
     JSON-able data that identifies the source (``files_fingerprint(paths)``), so edited files
     rebuild cached stages (without it the key is the domain's class and attributes, so edits to
-    its files go unseen). A dataset name no domain claims is read as RecBole atomic files from
-    ``<data_path>/<name>/<name>.inter|.item``.
+    its files go unseen). Optional ``domain.load_chunks(config) -> (items, chunks)``: the finished
+    items and an iterator of interaction frames in load order (untitled items' dropped), which
+    the CPT corpus streams so a domain larger than memory fits (without it, ``load``). A dataset
+    name no domain claims is read as RecBole atomic files from ``<data_path>/<name>/<name>.inter|.item``.
     """
 
 

@@ -1,4 +1,5 @@
-"""The CPT corpus: windows, mixing rules, stable merge, candidates, the cached stage, files."""
+"""The CPT corpus: windows, mixing rules, stable merge, candidates, the cached stage, files,
+shards."""
 
 from __future__ import annotations
 
@@ -10,21 +11,18 @@ from cprec_recbole.data import corpus as corpus_module
 from cprec_recbole.data.corpus import (
     DOMAIN_SPECIFIC,
     MIXED,
-    Windows,
     corpus_stage,
-    encode_domains,
     load_corpus,
-    mixed_order,
     resolve_cpt_domains,
-    write_items,
-    write_samples,
 )
+from cprec_recbole.data.corpus_shard import ShardInteractions, mixed_order
 from cprec_recbole.data.mixing import (
     g1_and_g2,
     g1_cross_domain_history,
     g2_target_domain_in_history,
     keep_all,
 )
+from cprec_recbole.data.partition import partition
 from cprec_recbole.data.windows import sliding_windows, window_matrix
 from cprec_recbole.errors import ConfigError
 from cprec_recbole.stages import read_manifest
@@ -80,11 +78,10 @@ def corpus_config(tmp_path, **overrides) -> dict:
 
 
 def rows(corpus, phase: int) -> list[tuple]:
-    index = corpus.phase_indices(phase)
-    return [
-        (corpus.users[corpus.user[i]], corpus.history[i].tolist(), int(corpus.target[i]))
-        for i in index
-    ]
+    """(user, history, target) of one phase's rows, by user (rows follow user keys, not ids)."""
+    got = corpus.rows(corpus.phase_indices(phase))
+    found = zip(got.user.tolist(), got.history.tolist(), got.target.tolist(), strict=True)
+    return sorted(found, key=lambda row: row[0])  # stable: a user's rows keep their order
 
 
 # ------------------------------------------------------------------ windows
@@ -167,25 +164,31 @@ def test_mixing_rules_are_registered_through_the_public_hook(plugins):
 
 # ------------------------------------------------------------------ merge
 def test_merge_is_stable_on_equal_timestamps_domain_order_then_within_domain_order():
-    items = pd.DataFrame({"item_id": ["x", "y", "z", "w"], "title": ["X", "Y", "Z", "W"]})
-    alpha = pd.DataFrame({"user_id": ["u", "u"], "item_id": ["x", "y"], "timestamp": [5.0, 5.0]})
-    beta = pd.DataFrame({"user_id": ["u", "u"], "item_id": ["z", "w"], "timestamp": [5.0, 4.0]})
+    # x, y in domain 0 at times 5, 5 (loaded in that order); z, w in domain 1 at times 5, 4
+    def merged(first: int) -> list[str]:
+        data = ShardInteractions(
+            users=np.array(["u"], dtype=object),
+            user_keys=np.zeros(1, np.uint64),
+            user=np.zeros(4, np.int64),
+            domain=np.array([first, first, 1 - first, 1 - first], np.int16),
+            item=np.arange(4, dtype=np.int32),
+            timestamp=np.array([5.0, 5.0, 5.0, 4.0]),
+            row=np.array([0, 1, 0, 1]),
+        )
+        return np.array(["x", "y", "z", "w"])[data.item[mixed_order(data)]].tolist()
 
-    def merged(frames):
-        data = encode_domains(frames)
-        ids = data.items["item_id"].to_numpy()
-        return ids[data.item[mixed_order(data)]].tolist()
-
-    assert merged([(alpha, items), (beta, items)]) == ["w", "x", "y", "z"]
-    assert merged([(beta, items), (alpha, items)]) == ["w", "z", "x", "y"]
+    assert merged(first=0) == ["w", "x", "y", "z"]
+    assert merged(first=1) == ["w", "z", "x", "y"]
 
 
-def test_equal_item_ids_in_two_domains_stay_two_items():
+def test_equal_item_ids_in_two_domains_stay_two_items(tmp_path):
     inter = pd.DataFrame({"user_id": ["u"], "item_id": ["same"], "timestamp": [1.0]})
     items = pd.DataFrame({"item_id": ["same"], "title": ["T"]})
-    data = encode_domains([(inter, items), (inter, items)])
-    assert data.item.tolist() == [0, 1] and data.item_domain.tolist() == [0, 1]
-    assert data.users.tolist() == ["u"]
+    sources = [(items, iter([inter])), (items, iter([inter]))]
+    part = partition(tmp_path, sources, ["A", "B"], shards=1)
+    assert part.items["code"].tolist() == [0, 1] and part.items["domain"].tolist() == [0, 1]
+    assert part.read(0).column("item").to_pylist() == [0, 1]
+    assert part.interactions == [1, 1]
 
 
 # ------------------------------------------------------------------ the stage
@@ -195,7 +198,8 @@ def test_corpus_holds_exactly_the_expected_domain_specific_and_mixed_samples(tmp
     assert corpus.domains == ["Alpha", "Beta"]
     assert rows(corpus, DOMAIN_SPECIFIC) == EXPECTED_DOMAIN_SPECIFIC
     assert rows(corpus, MIXED) == EXPECTED_MIXED_G1_G2
-    assert corpus.domain.tolist() == [0, 0, 0, 0, 0, 1, 1] + [0, 1, 0, 0, 0]
+    every = corpus.rows(range(len(corpus)))
+    assert (every.domain == corpus.item_domain[every.target]).all()
     assert corpus.titles[9] == "Title of b1" and corpus.item_ids[14] == "b6"
     metrics = read_manifest(folder)["metrics"]
     assert metrics["domain_specific_samples"] == {"Alpha": 5, "Beta": 2}
@@ -203,7 +207,7 @@ def test_corpus_holds_exactly_the_expected_domain_specific_and_mixed_samples(tmp
     assert metrics["mixed_samples_per_domain"] == {"Alpha": 4, "Beta": 1}
     assert metrics["users"] == {"Alpha": 2, "Beta": 1} and metrics["mixed_users"] == 1
     assert metrics["interactions"] == {"Alpha": 9, "Beta": 6}
-    shown = (corpus.history >= 0).sum() + corpus.candidates.size
+    shown = (every.history >= 0).sum() + every.candidates.size
     assert metrics["title_words"]["total"] == 3 * shown  # every title is "Title of xN"
 
 
@@ -214,7 +218,9 @@ def test_mixing_rule_all_keeps_every_merged_window(tmp_path, plugins):
 
 def test_samples_render_codes_without_padding(tmp_path, plugins):
     corpus = load_corpus(corpus_stage(corpus_config(tmp_path), plugins))
-    first, mixed = corpus.samples([0, 7])
+    every = corpus.rows(range(len(corpus)))
+    u1 = np.flatnonzero(every.user == "u1")
+    first, mixed = corpus.samples([u1[0], u1[every.phase[u1] == MIXED][0]])
     assert (first.user_id, first.history, first.target) == ("u1", [0, 1], 2)
     assert (mixed.user_id, mixed.history, mixed.target) == ("u1", [0, 9], 1)
     assert first.target in first.candidates and len(first.candidates) == 3
@@ -222,12 +228,13 @@ def test_samples_render_codes_without_padding(tmp_path, plugins):
 
 
 def check_candidates(corpus, inter_pairs: set, num_negatives: int) -> None:
+    every = corpus.rows(range(len(corpus)))
     for i in range(len(corpus)):
-        candidates = corpus.candidates[i].tolist()
-        target, user = int(corpus.target[i]), corpus.users[corpus.user[i]]
+        candidates = every.candidates[i].tolist()
+        target, user = int(every.target[i]), every.user[i]
         assert len(candidates) == num_negatives + 1 == len(set(candidates))
         assert candidates.count(target) == 1
-        assert all(corpus.item_domain[c] == corpus.domain[i] for c in candidates)
+        assert all(corpus.item_domain[c] == every.domain[i] for c in candidates)
         negatives = [c for c in candidates if c != target]
         assert not any((user, c) in inter_pairs for c in negatives)
 
@@ -252,7 +259,8 @@ def test_negatives_come_from_the_target_domain_and_never_from_the_users_items(tm
     pairs |= {(u, codes[1, i]) for u, items in beta.items() for i in items}
     check_candidates(corpus, pairs, 5)
     assert (corpus.phase == MIXED).sum() > 0
-    slots = (corpus.candidates == corpus.target[:, None]).argmax(axis=1)
+    every = corpus.rows(range(len(corpus)))
+    slots = (every.candidates == every.target[:, None]).argmax(axis=1)
     assert len(np.unique(slots)) == 6
 
 
@@ -271,30 +279,6 @@ def test_corpus_stage_is_reused_and_rebuilt_when_a_file_changes(tmp_path, plugin
     second = corpus_stage(config, plugins)
     assert second != first
     assert read_manifest(second)["metrics"]["interactions"] == {"Alpha": 9, "Beta": 7}
-
-
-def test_parquet_round_trip_gives_the_same_arrays(tmp_path):
-    inter = pd.DataFrame({"user_id": ["u", "v"], "item_id": ["x", "y"], "timestamp": [1.0, 2.0]})
-    items = pd.DataFrame({"item_id": ["x", "y"], "title": ["X one", "Y two"]})
-    data = encode_domains([(inter, items)])
-    windows = Windows(
-        user=np.array([1, 0, 1]),
-        history=np.array([[-1, 0], [0, 1], [1, 1]], dtype=np.int32),
-        target=np.array([1, 0, 1], dtype=np.int32),
-    )
-    candidates = np.array([[1, 0], [0, 1], [0, 1]], dtype=np.int32)
-    phase = np.array([0, 0, 1], dtype=np.int8)
-    write_samples(tmp_path / "samples.parquet", phase, windows, candidates, data, ["D"])
-    write_items(tmp_path / "items.parquet", data.items, ["D"])
-    corpus = load_corpus(tmp_path)
-    assert corpus.domains == ["D"] and len(corpus) == 3
-    assert np.array_equal(corpus.phase, phase) and corpus.phase.dtype == np.int8
-    assert np.array_equal(corpus.history, windows.history) and corpus.history.dtype == np.int32
-    assert np.array_equal(corpus.candidates, candidates)
-    assert np.array_equal(corpus.target, windows.target)
-    assert corpus.users[corpus.user].tolist() == ["v", "u", "v"]
-    assert corpus.titles == {0: "X one", 1: "Y two"}
-    assert corpus.domain.tolist() == [0, 0, 0]
 
 
 # ------------------------------------------------------------------ which domains

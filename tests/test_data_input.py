@@ -9,7 +9,13 @@ import pandas as pd
 import pytest
 
 from cprec_recbole.command import build_config
-from cprec_recbole.data.domain import INTER_FIELDS, ITEM_FIELDS, AtomicFileDomain, read_atomic
+from cprec_recbole.data.domain import (
+    INTER_FIELDS,
+    ITEM_FIELDS,
+    AtomicFileDomain,
+    iter_atomic,
+    read_atomic,
+)
 from cprec_recbole.data.prepare import prepare
 from cprec_recbole.errors import DataError
 from cprec_recbole.plugins import UnknownNameError
@@ -153,3 +159,17 @@ def test_data_stage_follows_file_contents_not_their_place_or_time(tmp_path, plug
     assert folder(first) == folder(copy)
     inter.write_text(inter.read_text().replace("\t1000\n", "\t999\n", 1))
     assert folder(copy) != folder(first)
+
+
+def test_an_atomic_file_read_in_small_chunks_is_the_same_and_names_the_same_bad_line(tmp_path):
+    path = tmp_path / "x.inter"
+    lines = [f"u{i % 7}\ti{i}\t{1000 + i}" for i in range(50)]
+    path.write_bytes(f"\ufeff{INTER_HEADER}\r\n{chr(10).join(lines)}\n\n".encode())
+    whole = read_atomic(path, INTER_FIELDS)
+    chunks = list(iter_atomic(path, INTER_FIELDS, chunk_bytes=40))
+    assert len(chunks) > 5 and whole["item_id"].tolist() == [f"i{i}" for i in range(50)]
+    pd.testing.assert_frame_equal(pd.concat(chunks, ignore_index=True), whole)
+    lines[41] = "u1\ti41\tlater"
+    path.write_text(f"{INTER_HEADER}\n" + "\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=r"x\.inter:43: field timestamp must be a number"):
+        list(iter_atomic(path, INTER_FIELDS, chunk_bytes=40))

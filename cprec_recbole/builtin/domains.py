@@ -5,6 +5,7 @@ Any other dataset name is read as atomic files from ``<data_path>/<name>/`` with
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,6 +52,9 @@ class Amazon2018Domain:
 
     def load(self, config: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
         return self._ensure_files(config).load(config)
+
+    def load_chunks(self, config: dict) -> tuple[pd.DataFrame, Iterator[pd.DataFrame]]:
+        return self._ensure_files(config).load_chunks(config)
 
 
 @hookimpl

@@ -16,7 +16,7 @@ from cprec_recbole.errors import DataError
 from cprec_recbole.io import write_atomic
 
 
-def _unique_per_row(draws: np.ndarray) -> np.ndarray:
+def unique_per_row(draws: np.ndarray) -> np.ndarray:
     """Mask of first occurrences within each row."""
     order = np.argsort(draws, axis=1, kind="stable")
     ranked = np.take_along_axis(draws, order, axis=1)
@@ -54,7 +54,7 @@ def uniform_negatives(
     while len(todo):
         draws = rng.integers(0, n_items, size=(len(todo), 2 * num_negatives + 8))
         keys = user_codes[todo, None].astype(np.int64) * n_items + draws
-        ok = ~np.isin(keys, seen) & _unique_per_row(draws)
+        ok = ~np.isin(keys, seen) & unique_per_row(draws)
         enough = ok.sum(axis=1) >= num_negatives
         rows = todo[enough]
         picked = np.argsort(~ok[enough], axis=1, kind="stable")[:, :num_negatives]

@@ -4,15 +4,23 @@ Every CPT domain contributes its users' sliding windows (domain-specific samples
 interactions from all CPT domains, merged chronologically, give the mixed samples, kept where the
 mixing rule holds. Each sample gets a candidate set drawn from the target's domain. Items get
 global integer codes (domain by domain); users keep their raw ids, which is what lets one user's
-domains meet. Everything is built on whole arrays: the corpus has hundreds of thousands of rows.
+domains meet.
+
+A user's samples need only that user's interactions, so the corpus is built in shards by user
+key (:mod:`partition` streams the input into them, :mod:`corpus_shard` builds one, here or as a
+Ray task), each written to its own parquet file: memory is bounded by a shard, whatever the data
+size. Draws are keyed per sample and rows ordered by user key, so the corpus is the same for any
+``corpus_shards``; :class:`Corpus` reads it back lazily, shard by shard or row group by row group.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,14 +29,16 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from cprec_recbole.data.candidates import uniform_negatives
+from cprec_recbole.data.corpus_shard import DOMAIN_SPECIFIC, MIXED, ShardSpec, build_shard
+from cprec_recbole.data.partition import domain_chunks, partition
 from cprec_recbole.data.prepare import domain_source, resolve_domain
-from cprec_recbole.data.windows import PAD, window_matrix
+from cprec_recbole.data.windows import PAD
 from cprec_recbole.errors import ConfigError, DataError
-from cprec_recbole.io import write_atomic
+from cprec_recbole.io import write_atomic, write_json
 from cprec_recbole.plugins import Plugins
 from cprec_recbole.run_config import RunConfig, tracked
 from cprec_recbole.stages import Stage, run_stage
+from cprec_recbole.tasks import run_tasks
 
 if TYPE_CHECKING:  # the batcher imports torch; data/ must not at import time
     from cprec_recbole.llm.batching import LLMSample
@@ -42,10 +52,10 @@ CORPUS_KEYS = (
     "mixing_rule",
     "cpt_seed",
 )
-SAMPLES = "samples.parquet"
+INDEX = "corpus.json"
 ITEMS = "items.parquet"
-DOMAIN_SPECIFIC, MIXED = 0, 1
-_DOMAINS_META = b"cprec.domains"
+#: Rows per parquet row group: what reading one sample back decodes.
+ROW_GROUP = 1024
 
 
 # ------------------------------------------------------------------ configuration
@@ -106,250 +116,66 @@ def _settings(config: dict) -> dict[str, Any]:
     return out
 
 
-# ------------------------------------------------------------------ interactions
-@dataclass
-class Interactions:
-    """All CPT domains' interactions as integer codes, concatenated in domain order."""
-
-    user: np.ndarray  # [m] int64 code into ``users``
-    item: np.ndarray  # [m] int32 global item code
-    domain: np.ndarray  # [m] int16
-    timestamp: np.ndarray  # [m] float64
-    users: np.ndarray  # raw user ids, sorted
-    items: pd.DataFrame  # code, domain, item_id, title
-
-    @property
-    def item_domain(self) -> np.ndarray:
-        return self.items["domain"].to_numpy()
-
-
-def encode_domains(
-    frames: list[tuple[pd.DataFrame, pd.DataFrame]], names: list[str] | None = None
-) -> Interactions:
-    """Codes for items per domain (equal ids in two domains stay two items); users by raw id."""
-    items, codes, offset = [], [], 0
-    for index, (inter, table) in enumerate(frames):
-        table = table[table["item_id"].isin(inter["item_id"])].sort_values("item_id")
-        code = pd.Index(table["item_id"]).get_indexer(inter["item_id"])
-        if (code < 0).any():
-            name = names[index] if names else f"#{index}"
-            raise DataError(
-                f"CPT domain {name}: item {inter['item_id'].to_numpy()[code < 0][0]!r} has "
-                "interactions but no title; a domain's load() must drop such interactions"
-            )
-        codes.append(code + offset)
-        items.append(
-            pd.DataFrame(
-                {
-                    "code": np.arange(offset, offset + len(table), dtype=np.int32),
-                    "domain": np.full(len(table), index, dtype=np.int16),
-                    "item_id": table["item_id"].to_numpy(),
-                    "title": table["title"].to_numpy(),
-                }
-            )
-        )
-        offset += len(table)
-    user_codes, users = pd.factorize(
-        np.concatenate([inter["user_id"].to_numpy(dtype=object) for inter, _ in frames]),
-        sort=True,
-    )
-    return Interactions(
-        user=user_codes.astype(np.int64),
-        item=np.concatenate(codes).astype(np.int32),
-        domain=np.repeat(np.arange(len(frames), dtype=np.int16), [len(f) for f, _ in frames]),
-        timestamp=np.concatenate([f["timestamp"].to_numpy(dtype=np.float64) for f, _ in frames]),
-        users=np.asarray(users, dtype=object),
-        items=pd.concat(items, ignore_index=True),
-    )
-
-
-# ------------------------------------------------------------------ samples
-@dataclass
-class Windows:
-    """Samples as arrays: user code, history item codes ([n, history_len], -1 padded), target."""
-
-    user: np.ndarray
-    history: np.ndarray
-    target: np.ndarray
-
-    def select(self, mask: np.ndarray) -> Windows:
-        return Windows(self.user[mask], self.history[mask], self.target[mask])
-
-    @staticmethod
-    def concat(parts: list[Windows]) -> Windows:
-        return Windows(
-            np.concatenate([p.user for p in parts]),
-            np.concatenate([p.history for p in parts]),
-            np.concatenate([p.target for p in parts]),
-        )
-
-
-def _runs(keys: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Start and length of each run of equal consecutive key tuples."""
-    n = len(keys[0])
-    change = np.zeros(n, dtype=bool)
-    change[:1] = True
-    for key in keys:
-        change[1:] |= key[1:] != key[:-1]
-    starts = np.flatnonzero(change)
-    return starts, np.diff(np.append(starts, n))
-
-
-def _windows(
-    data: Interactions, order: np.ndarray, run_keys: list[np.ndarray], settings: dict
-) -> Windows:
-    starts, lengths = _runs([k[order] for k in run_keys])
-    sequence, history, target = window_matrix(
-        lengths,
-        data.item[order],
-        int(settings["history_len"]),
-        int(settings["min_history"]),
-        stride=int(settings["cpt_stride"]),
-    )
-    return Windows(data.user[order][starts][sequence], history, target)
-
-
-def domain_specific_samples(data: Interactions, settings: dict) -> Windows:
-    """Each user's windows within each domain, domain by domain."""
-    # Stable: equal timestamps keep the order the domain loaded them in.
-    order = np.lexsort((np.arange(len(data.item)), data.timestamp, data.user, data.domain))
-    return _windows(data, order, [data.domain, data.user], settings)
-
-
-def mixed_order(data: Interactions) -> np.ndarray:
-    """Each user's interactions over all domains, by time; ties keep domain order, then the
-    within-domain order (the concatenated row number encodes both)."""
-    return np.lexsort((np.arange(len(data.item)), data.timestamp, data.user))
-
-
-def mixed_samples(data: Interactions, settings: dict, rule) -> Windows:
-    """Windows over each user's merged all-domain sequence, kept where ``rule`` holds."""
-    windows = _windows(data, mixed_order(data), [data.user], settings)
-    domains = np.where(windows.history >= 0, data.item_domain[windows.history], PAD)
-    keep = np.asarray(rule(domains, data.item_domain[windows.target]), dtype=bool)
-    return windows.select(keep)
-
-
-def draw_candidates(
-    data: Interactions,
-    names: list[str],
-    user: np.ndarray,
-    target: np.ndarray,
-    num_negatives: int,
-    seed: int,
-) -> np.ndarray:
-    """``[n, num_negatives + 1]``: the target among negatives from the target's domain that the
-    user never interacted with there, the target at a seeded random position."""
-    rng = np.random.default_rng(seed)
-    target_domain = data.item_domain[target]
-    negatives = np.empty((len(target), num_negatives), dtype=np.int32)
-    for domain in np.unique(target_domain):
-        rows = np.flatnonzero(target_domain == domain)
-        inside = data.domain == domain
-        # Raw user ids, so that a sampler's error names a user one can look up.
-        inter = pd.DataFrame(
-            {"user_id": data.users[data.user[inside]], "item_id": data.item[inside]}
-        )
-        try:
-            negatives[rows] = uniform_negatives(inter, data.users[user[rows]], num_negatives, rng)
-        except DataError as exc:
-            raise DataError(f"CPT domain {names[domain]!r}: {exc}") from None
-    slot = (
-        np.arange(num_negatives + 1)[None, :]
-        == rng.integers(0, num_negatives + 1, len(target))[:, None]
-    )
-    out = np.empty(slot.shape, dtype=np.int32)
-    out[slot] = target
-    out[~slot] = negatives.ravel()
-    return out
-
-
-# ------------------------------------------------------------------ files
-def _schema_meta(domains: list[str]) -> dict[bytes, bytes]:
-    return {_DOMAINS_META: json.dumps(domains).encode()}
-
-
-def write_samples(
-    path: Path,
-    phase: np.ndarray,
-    windows: Windows,
-    candidates: np.ndarray,
-    data: Interactions,
-    domains: list[str],
-) -> Path:
-    """``samples.parquet``: one row per sample, arrays stored as fixed-size and plain lists."""
-    n, width = candidates.shape
-    table = pa.table(
-        {
-            "phase": pa.array(phase, pa.int8()),
-            "domain": pa.array(data.item_domain[windows.target], pa.int16()),
-            "user": pa.DictionaryArray.from_arrays(
-                pa.array(windows.user, pa.int32()), pa.array(data.users, pa.string())
-            ),
-            "history": pa.FixedSizeListArray.from_arrays(
-                pa.array(windows.history.ravel(), pa.int32()), windows.history.shape[1]
-            ),
-            "candidates": pa.ListArray.from_arrays(
-                pa.array(np.arange(n + 1, dtype=np.int32) * width),
-                pa.array(candidates.ravel(), pa.int32()),
-            ),
-            "target": pa.array(windows.target, pa.int32()),
-        }
-    ).replace_schema_metadata(_schema_meta(domains))
-    return write_atomic(path, lambda tmp: pq.write_table(table, tmp))
-
-
-def write_items(path: Path, items: pd.DataFrame, domains: list[str]) -> Path:
-    table = pa.Table.from_pandas(items, preserve_index=False)
-    table = table.replace_schema_metadata({**table.schema.metadata, **_schema_meta(domains)})
-    return write_atomic(path, lambda tmp: pq.write_table(table, tmp))
+def _shards(config: dict) -> int:
+    """``corpus_shards`` (absent or null: 1): how many user-key shards the build goes through."""
+    shards = config.get("corpus_shards")
+    shards = 1 if shards is None else shards
+    if not isinstance(shards, int) or shards < 1:
+        raise ConfigError(f"corpus_shards must be an integer >= 1, got {shards!r}")
+    return shards
 
 
 # ------------------------------------------------------------------ the stage
-def _title_words(items: pd.DataFrame, history: np.ndarray, candidates: np.ndarray) -> np.ndarray:
-    """Words of the history and candidate titles per sample: a cheap prompt-length estimate."""
-    words = items["title"].str.split().str.len().to_numpy(dtype=np.int64)
-    shown = np.where(history >= 0, words[np.maximum(history, 0)], 0).sum(axis=1)
-    return shown + words[candidates].sum(axis=1)
+def _spec(settings: dict, rule, names: list[str], items: pd.DataFrame) -> ShardSpec:
+    domain = items["domain"].to_numpy()
+    return ShardSpec(
+        history_len=int(settings["history_len"]),
+        min_history=int(settings["min_history"]),
+        stride=int(settings["cpt_stride"]),
+        num_negatives=int(settings["num_negatives"]),
+        seed=int(settings["cpt_seed"]),
+        rule=rule,
+        domains=tuple(names),
+        item_domain=domain,
+        item_words=items["title"].str.split().str.len().to_numpy(dtype=np.int64),
+        offsets=np.searchsorted(domain, np.arange(len(names) + 1)),
+    )
 
 
-def _mean(values: np.ndarray) -> float:
-    return round(float(values.mean()), 1) if len(values) else 0.0
+def shard_file(shard: int, shards: int) -> str:
+    return f"samples/shard-{shard:05d}-of-{shards:05d}.parquet"
 
 
-def summarise(
-    data: Interactions,
-    domains: list[str],
-    phase: np.ndarray,
-    windows: Windows,
-    words: np.ndarray,
-) -> dict[str, Any]:
-    """The manifest's metrics: how much each domain and the mixing contribute."""
-    target_domain = data.item_domain[windows.target].astype(np.int64)
-    n = len(domains)
+def _write_parquet(path: Path, table: pa.Table, **options) -> Path:
+    return write_atomic(path, lambda tmp: pq.write_table(table, tmp, **options))
 
-    def per_domain(mask: np.ndarray) -> dict[str, int]:
-        counts = np.bincount(target_domain[mask], minlength=n)
-        return dict(zip(domains, counts.tolist(), strict=True))
 
-    def users(mask: np.ndarray) -> np.ndarray:
-        return np.unique(target_domain[mask] * len(data.users) + windows.user[mask])
+def _mean(total: int, count: int) -> float:
+    return round(total / count, 1) if count else 0.0
 
-    specific, mixed = phase == DOMAIN_SPECIFIC, phase == MIXED
-    user_domain = users(specific) // len(data.users)
+
+def summarise(names: list[str], interactions: list[int], stats: list[dict]) -> dict[str, Any]:
+    """The manifest's metrics from the shards' stats: how much each domain and the mixing
+    contribute."""
+
+    def total(key: str) -> np.ndarray:
+        return np.sum([s[key] for s in stats], axis=0)
+
+    def per_domain(values) -> dict[str, int]:
+        return dict(zip(names, (int(v) for v in values), strict=True))
+
+    rows, words = total("rows"), total("words")
     return {
-        "domains": domains,
-        "interactions": dict(
-            zip(domains, np.bincount(data.domain, minlength=n).tolist(), strict=True)
-        ),
-        "domain_specific_samples": per_domain(specific),
-        "mixed_samples": int(mixed.sum()),
-        "mixed_samples_per_domain": per_domain(mixed),
-        "users": dict(zip(domains, np.bincount(user_domain, minlength=n).tolist(), strict=True)),
-        "mixed_users": len(np.unique(windows.user[mixed])),
+        "domains": names,
+        "interactions": per_domain(interactions),
+        "domain_specific_samples": per_domain(total("domain_specific_samples")),
+        "mixed_samples": int(rows[MIXED]),
+        "mixed_samples_per_domain": per_domain(total("mixed_samples_per_domain")),
+        "users": per_domain(total("users")),
+        "mixed_users": int(total("mixed_users")),
         "title_words": {
-            "domain_specific_mean": _mean(words[specific]),
-            "mixed_mean": _mean(words[mixed]),
+            "domain_specific_mean": _mean(int(words[0]), int(rows[0])),
+            "mixed_mean": _mean(int(words[1]), int(rows[1])),
             "total": int(words.sum()),
         },
     }
@@ -358,41 +184,48 @@ def summarise(
 def build_corpus(
     folder: Path, config: RunConfig, plugins: Plugins, domains: dict
 ) -> dict[str, Any]:
-    """Load the domains, cut both kinds of samples, draw candidates, write the two files."""
+    """Stream the domains into user-key shards, build each shard's samples (here, or as Ray
+    tasks with ``ray_address``), write one parquet file per shard, the items and the index."""
     start = time.perf_counter()
-    settings = _settings(config)
+    settings, shards, names = _settings(config), _shards(config), list(domains)
     rule = plugins.mixing_rules.get(settings["mixing_rule"])
-    names = list(domains)
-    data = encode_domains([domains[n].load(_domain_config(config, n)) for n in names], names)
-    specific = domain_specific_samples(data, settings)
-    mixed = mixed_samples(data, settings, rule)
-    windows = Windows.concat([specific, mixed])
-    phase = np.repeat(
-        np.array([DOMAIN_SPECIFIC, MIXED], np.int8), [len(specific.user), len(mixed.user)]
-    )
-    candidates = draw_candidates(
-        data,
-        names,
-        windows.user,
-        windows.target,
-        int(settings["num_negatives"]),
-        int(settings["cpt_seed"]),
-    )
-    write_samples(folder / SAMPLES, phase, windows, candidates, data, names)
-    write_items(folder / ITEMS, data.items, names)
-    words = _title_words(data.items, windows.history, candidates)
-    summary = summarise(data, names, phase, windows, words)
-    return {**summary, "build_seconds": round(time.perf_counter() - start, 2)}
+    sources = (domain_chunks(domains[n], _domain_config(config, n)) for n in names)
+    scratch = folder / ".partition"
+    stats: list[dict] = [{}] * shards
+    try:
+        part = partition(scratch, sources, names, shards)
+        spec = _spec(settings, rule, names, part.items)
+        inputs = (part.read(s) for s in range(shards))
+        for shard, (table, shard_stats) in run_tasks(
+            build_shard, inputs, spec, config.get("ray_address")
+        ):
+            _write_parquet(folder / shard_file(shard, shards), table, row_group_size=ROW_GROUP)
+            stats[shard] = shard_stats
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    _write_parquet(folder / ITEMS, pa.Table.from_pandas(part.items, preserve_index=False))
+    index = [{"file": shard_file(s, shards), "rows": stats[s]["rows"]} for s in range(shards)]
+    write_json(folder / INDEX, {"domains": names, "shards": index})
+    summary = summarise(names, part.interactions, stats)
+    return {**summary, "shards": shards, "build_seconds": round(time.perf_counter() - start, 2)}
 
 
-#: The behaviour corpus of the CPT domains (``samples.parquet``, ``items.parquet``).
-CORPUS = Stage("corpus", reads=CORPUS_KEYS, uses=("data_path",), build=build_corpus)
+#: The behaviour corpus of the CPT domains (``samples/shard-*.parquet``, ``items.parquet``,
+#: ``corpus.json``). The shard count and where shards run change nothing in it: ``uses``.
+CORPUS = Stage(
+    "corpus",
+    reads=CORPUS_KEYS,
+    uses=("data_path", "corpus_shards", "ray_address"),
+    build=build_corpus,
+    version=2,
+)
 
 
 def corpus_domains(config: RunConfig, plugins: Plugins) -> tuple[dict, dict[str, Any]]:
     """The CPT domains by name and what the corpus hash derives from them (names, files)."""
     settings = _settings(config)
     plugins.mixing_rules.get(settings["mixing_rule"])  # an unknown rule fails before loading
+    _shards(config)
     names = resolve_cpt_domains(config, plugins)
     domains = {n: resolve_domain(_domain_config(config, n), plugins) for n in names}
     sources = {n: domain_source(d, _domain_config(config, n)) for n, d in domains.items()}
@@ -400,92 +233,178 @@ def corpus_domains(config: RunConfig, plugins: Plugins) -> tuple[dict, dict[str,
 
 
 def corpus_stage(config: RunConfig, plugins: Plugins, force: bool = False) -> Path:
-    """Run (or reuse) the corpus stage; its folder holds ``samples.parquet`` and ``items.parquet``."""
+    """Run (or reuse) the corpus stage; see :data:`CORPUS` for what its folder holds."""
     domains, derived = corpus_domains(config, plugins)
     return run_stage(CORPUS, config, derived=derived, force=force, plugins=plugins, domains=domains)
 
 
 # ------------------------------------------------------------------ reading it back
-def _matrix(column: pa.ChunkedArray) -> np.ndarray:
-    """A list column whose rows all have one length, as a 2-d array (no per-row Python)."""
-    array = column.combine_chunks()
-    values = array.flatten().to_numpy()
-    width = getattr(column.type, "list_size", None) or (len(values) // max(len(array), 1))
-    return values.reshape(len(array), width)
-
-
-def _dictionary(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
-    """Codes and values of a dictionary column (chunks unified first)."""
-    chunks = column.unify_dictionaries().chunks
-    if not chunks:
-        return np.zeros(0, np.int32), np.zeros(0, object)
-    codes = np.concatenate([c.indices.to_numpy(zero_copy_only=False) for c in chunks])
-    return codes.astype(np.int32), chunks[0].dictionary.to_numpy(zero_copy_only=False)
+def _matrix(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """A fixed-size list column as a 2-d array (no per-row Python)."""
+    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    return array.flatten().to_numpy().reshape(len(array), array.type.list_size)
 
 
 @dataclass
-class Corpus:
-    """The CPT corpus as arrays; ``samples(indices)`` renders rows for the LLM batcher."""
+class Rows:
+    """Corpus rows as arrays (item codes; histories -1 padded on the left)."""
 
-    domains: list[str]
     phase: np.ndarray  # [n] int8: 0 domain-specific, 1 mixed
     domain: np.ndarray  # [n] int16: the target's domain index
-    user: np.ndarray  # [n] int32 code into ``users``
-    users: np.ndarray  # raw user ids
-    history: np.ndarray  # [n, history_len] int32 item codes, -1 padded on the left
-    candidates: np.ndarray  # [n, num_negatives + 1] int32 item codes
-    target: np.ndarray  # [n] int32 item code
-    item_domain: np.ndarray  # [n_items] int16, by item code
-    item_ids: np.ndarray  # [n_items] raw item ids, by item code
-    titles: dict[int, str]  # item code -> title
+    user: np.ndarray  # [n] raw user ids
+    history: np.ndarray  # [n, history_len] int32
+    candidates: np.ndarray  # [n, num_negatives + 1] int32
+    target: np.ndarray  # [n] int32
 
     def __len__(self) -> int:
         return len(self.target)
 
+    @staticmethod
+    def from_table(table: pa.Table) -> Rows:
+        return Rows(
+            phase=table.column("phase").to_numpy(),
+            domain=table.column("domain").to_numpy(),
+            user=table.column("user").to_numpy(zero_copy_only=False),
+            history=_matrix(table.column("history")),
+            candidates=_matrix(table.column("candidates")),
+            target=table.column("target").to_numpy(),
+        )
+
+    def take(self, index: np.ndarray) -> Rows:
+        return Rows(*(getattr(self, f.name)[index] for f in fields(Rows)))
+
+    @staticmethod
+    def concat(parts: list[Rows]) -> Rows:
+        return Rows(*(np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(Rows)))
+
+
+class Corpus:
+    """A corpus stage folder, read lazily: the sample count and phases up front, rows by shard
+    (:meth:`chunks`) or by index (:meth:`rows`, decoding only their row groups).
+
+    Row ``i`` is global: every shard's domain-specific rows, shard after shard, then every
+    shard's mixed rows; shards hold users in key order, so the order is the same for any shard
+    count.
+    """
+
+    def __init__(self, folder: str | Path, cached_groups: int = 64):
+        self.folder = Path(folder)
+        index = json.loads((self.folder / INDEX).read_text())
+        self.domains: list[str] = index["domains"]
+        self.files = [self.folder / s["file"] for s in index["shards"]]
+        for path in self.files:
+            if not path.is_file():
+                raise DataError(
+                    f"{path}: a shard of the corpus is missing ({len(self.files)} listed in "
+                    f"{self.folder / INDEX}); rebuild the corpus with --force=corpus"
+                )
+        self.counts = np.array([s["rows"] for s in index["shards"]], dtype=np.int64)  # [S, 2]
+        self.starts = np.vstack([np.zeros((1, 2), np.int64), np.cumsum(self.counts, axis=0)])
+        items = pq.read_table(self.folder / ITEMS)
+        self.item_domain = items.column("domain").to_numpy()
+        self.item_ids = items.column("item_id").to_numpy(zero_copy_only=False)
+        codes = items.column("code").to_numpy().tolist()
+        self.titles = dict(zip(codes, items.column("title").to_pylist(), strict=True))
+        self.phase = np.repeat(
+            np.array([DOMAIN_SPECIFIC, MIXED], np.int8), self.starts[-1].tolist()
+        )
+        self._row_groups: dict[int, np.ndarray] = {}
+        self._groups: OrderedDict[tuple[int, int], Rows] = OrderedDict()
+        self._cached = cached_groups
+
+    def __len__(self) -> int:
+        return len(self.phase)
+
     def phase_indices(self, phase: int) -> np.ndarray:
-        """Row indices of one phase, in file order."""
+        """Row indices of one phase, in order."""
         return np.flatnonzero(self.phase == phase)
+
+    def _global(self, shard: int) -> np.ndarray:
+        """The global indices of a shard's rows, in the shard's order."""
+        ds, mixed = self.counts[shard]
+        first = self.starts[shard]
+        return np.concatenate(
+            [np.arange(first[0], first[0] + ds), self.starts[-1, 0] + first[1] + np.arange(mixed)]
+        )
+
+    def chunks(self) -> Iterator[tuple[np.ndarray, Rows]]:
+        """(global indices, rows) of each shard in turn: a whole pass holding one shard."""
+        for shard, path in enumerate(self.files):
+            yield self._global(shard), Rows.from_table(pq.read_table(path))
+
+    def _locate(self, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Shard and row within it of each global index."""
+        if len(index) and (index.min() < 0 or index.max() >= len(self)):
+            raise IndexError(f"corpus rows are 0..{len(self) - 1}; asked for {index.tolist()}")
+        phase = (index >= self.starts[-1, 0]).astype(np.int64)
+        within = index - phase * self.starts[-1, 0]
+        shard = (
+            np.where(
+                phase == 0,
+                np.searchsorted(self.starts[:, 0], within, side="right"),
+                np.searchsorted(self.starts[:, 1], within, side="right"),
+            )
+            - 1
+        )
+        return shard, within - self.starts[shard, phase] + phase * self.counts[shard, 0]
+
+    def _group_starts(self, shard: int) -> np.ndarray:
+        """First row of each row group of a shard, then its row count."""
+        if shard not in self._row_groups:
+            meta = pq.ParquetFile(self.files[shard]).metadata
+            sizes = [meta.row_group(g).num_rows for g in range(meta.num_row_groups)]
+            self._row_groups[shard] = np.cumsum([0, *sizes])
+        return self._row_groups[shard]
+
+    def _group(self, shard: int, group: int) -> Rows:
+        key = (shard, group)
+        if key not in self._groups:
+            table = pq.ParquetFile(self.files[shard]).read_row_group(group)
+            self._groups[key] = Rows.from_table(table)
+            if len(self._groups) > self._cached:
+                self._groups.popitem(last=False)
+        self._groups.move_to_end(key)
+        return self._groups[key]
+
+    def rows(self, indices: Sequence[int] | np.ndarray) -> Rows:
+        """The rows at global ``indices``, in that order (decoding only their row groups)."""
+        index = np.asarray(indices, dtype=np.int64).reshape(-1)
+        shard, local = self._locate(index)
+        parts, where = [], []
+        for s in np.unique(shard).tolist():
+            at = np.flatnonzero(shard == s)
+            starts = self._group_starts(s)
+            group = np.searchsorted(starts, local[at], side="right") - 1
+            for g in np.unique(group).tolist():
+                mine = group == g
+                parts.append(self._group(s, g).take(local[at][mine] - starts[g]))
+                where.append(at[mine])
+        if not parts:
+            return Rows.from_table(pq.ParquetFile(self.files[0]).schema_arrow.empty_table())
+        return Rows.concat(parts).take(np.argsort(np.concatenate(where), kind="stable"))
 
     def samples(self, indices: Sequence[int] | np.ndarray) -> list[LLMSample]:
         """``LLMSample``s whose item ids are the integer codes (keys of ``titles``)."""
         from cprec_recbole.llm.batching import LLMSample
 
-        rows = np.asarray(indices, dtype=np.int64)
-        histories = self.history[rows].tolist()
+        rows = self.rows(indices)
         return [
             LLMSample(
-                user_id=str(self.users[u]),
+                user_id=str(u),
                 history=[c for c in h if c != PAD],
                 candidates=cands,
                 target=t,
             )
             for u, h, cands, t in zip(
-                self.user[rows].tolist(),
-                histories,
-                self.candidates[rows].tolist(),
-                self.target[rows].tolist(),
+                rows.user.tolist(),
+                rows.history.tolist(),
+                rows.candidates.tolist(),
+                rows.target.tolist(),
                 strict=True,
             )
         ]
 
 
 def load_corpus(folder: str | Path) -> Corpus:
-    """Read a corpus stage folder back into arrays."""
-    folder = Path(folder)
-    table = pq.read_table(folder / SAMPLES)
-    items = pq.read_table(folder / ITEMS)
-    user, users = _dictionary(table.column("user"))
-    codes = items.column("code").to_numpy()
-    return Corpus(
-        domains=json.loads(table.schema.metadata[_DOMAINS_META]),
-        phase=table.column("phase").to_numpy(),
-        domain=table.column("domain").to_numpy(),
-        user=user,
-        users=users,
-        history=_matrix(table.column("history")).astype(np.int32, copy=False),
-        candidates=_matrix(table.column("candidates")).astype(np.int32, copy=False),
-        target=table.column("target").to_numpy(),
-        item_domain=items.column("domain").to_numpy(),
-        item_ids=items.column("item_id").to_numpy(zero_copy_only=False),
-        titles=dict(zip(codes.tolist(), items.column("title").to_pylist(), strict=True)),
-    )
+    """Open a corpus stage folder (lazily: see :class:`Corpus`)."""
+    return Corpus(folder)

@@ -183,15 +183,19 @@ def cpt_plan(
 
 def sample_lengths(corpus: Corpus, title_tokens: np.ndarray, template_tokens: int) -> np.ndarray:
     """Prompt + answer tokens of every corpus sample, from per-item title token counts (a
-    vectorised estimate: separators and the template's own words count as ``template_tokens``)."""
+    vectorised estimate: separators and the template's own words count as ``template_tokens``),
+    read shard by shard so the corpus is never whole in memory."""
     padded = np.append(title_tokens, 0)  # code -1 (padding) looks up the appended 0
-    per_row = padded[corpus.history].sum(1) + padded[corpus.candidates].sum(1)
-    return (
-        per_row
-        + padded[corpus.target]
-        + template_tokens
-        + 2 * ((corpus.history >= 0).sum(1) + corpus.candidates.shape[1])
-    )
+    out = np.zeros(len(corpus), dtype=np.int64)
+    for at, rows in corpus.chunks():
+        out[at] = (
+            padded[rows.history].sum(1)
+            + padded[rows.candidates].sum(1)
+            + padded[rows.target]
+            + template_tokens
+            + 2 * ((rows.history >= 0).sum(1) + rows.candidates.shape[1])
+        )
+    return out
 
 
 def cpt_declared(config: RunConfig, plugins: Plugins, corpus_folder: Path) -> dict:
