@@ -70,7 +70,8 @@ def register_domains(register: Register) -> None:
     its files go unseen). Optional ``domain.load_chunks(config) -> (items, chunks)``: the finished
     items and an iterator of interaction frames in load order (untitled items' dropped), which
     the CPT corpus streams so a domain larger than memory fits (without it, ``load``). A dataset
-    name no domain claims is read as RecBole atomic files from ``<data_path>/<name>/<name>.inter|.item``.
+    name no domain claims is read as RecBole atomic files from
+    ``<data_path>/<name>/<name>.inter|.item``.
     """
 
 

@@ -317,17 +317,20 @@ def test_corpus_benchmark_reports_counts_time_and_memory(tmp_path):
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     config = corpus_config(tmp_path)
-    out = bench.main(
-        [
-            f"--data_path={config['data_path']}",
-            "--domains=Alpha,Beta",
-            "--dataset=Down",
-            "--history_len=3",
-            "--min_history=2",
-            "--num_negatives=2",
-            f"--results_dir={tmp_path / 'results'}",
-        ]
-    )
+    args = [
+        f"--data_path={config['data_path']}",
+        "--domains=Alpha,Beta",
+        "--dataset=Down",
+        "--history_len=3",
+        "--min_history=2",
+        "--num_negatives=2",
+        f"--results_dir={tmp_path / 'results'}",
+    ]
+    out = bench.main(args)
     assert (out["domain_specific_samples"], out["mixed_samples"]) == (7, 5)
     assert out["samples"] == 12 and out["wall_s"] > 0 and out["peak_rss_mib"] > 0
     assert json.loads((tmp_path / "results" / "corpus.json").read_text()) == out
+    assert (out["interactions"], out["replicate"]) == (15, 1)
+    twice = bench.main([*args, "--replicate=2", "--corpus_shards=3"])  # every user twice
+    assert (twice["samples"], twice["interactions"], twice["shards"]) == (24, 30, 3)
+    assert json.loads((tmp_path / "results" / "corpus-2x.json").read_text()) == twice

@@ -308,7 +308,7 @@ class Corpus:
         self.phase = np.repeat(
             np.array([DOMAIN_SPECIFIC, MIXED], np.int8), self.starts[-1].tolist()
         )
-        self._row_groups: dict[int, np.ndarray] = {}
+        self._open: dict[int, pq.ParquetFile] = {}
         self._groups: OrderedDict[tuple[int, int], Rows] = OrderedDict()
         self._cached = cached_groups
 
@@ -348,18 +348,20 @@ class Corpus:
         )
         return shard, within - self.starts[shard, phase] + phase * self.counts[shard, 0]
 
+    def _file(self, shard: int) -> pq.ParquetFile:
+        if shard not in self._open:
+            self._open[shard] = pq.ParquetFile(self.files[shard])
+        return self._open[shard]
+
     def _group_starts(self, shard: int) -> np.ndarray:
         """First row of each row group of a shard, then its row count."""
-        if shard not in self._row_groups:
-            meta = pq.ParquetFile(self.files[shard]).metadata
-            sizes = [meta.row_group(g).num_rows for g in range(meta.num_row_groups)]
-            self._row_groups[shard] = np.cumsum([0, *sizes])
-        return self._row_groups[shard]
+        meta = self._file(shard).metadata
+        return np.cumsum([0, *(meta.row_group(g).num_rows for g in range(meta.num_row_groups))])
 
     def _group(self, shard: int, group: int) -> Rows:
         key = (shard, group)
         if key not in self._groups:
-            table = pq.ParquetFile(self.files[shard]).read_row_group(group)
+            table = self._file(shard).read_row_group(group)
             self._groups[key] = Rows.from_table(table)
             if len(self._groups) > self._cached:
                 self._groups.popitem(last=False)
