@@ -39,7 +39,14 @@ def _connect(address: str):
             "or set ray_address: null to run here"
         ) from None
     if not ray.is_initialized():
-        ray.init(address=address, log_to_driver=False)
+        try:
+            ray.init(address=address, log_to_driver=False)
+        except (ConnectionError, RuntimeError) as exc:  # no cluster there, or another Ray's
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ConfigError(
+                f"ray_address={address!r}: cannot join that Ray cluster ({first}); start one "
+                "with the same Ray version (ray start --head) or set ray_address: null"
+            ) from None
     return ray
 
 

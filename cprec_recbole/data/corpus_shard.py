@@ -157,7 +157,7 @@ def keyed_negatives(
 ) -> np.ndarray:
     """``[n, count]`` distinct items in ``[0, n_items)`` that the user never interacted with
     (``seen``: sorted ``user * n_items + item``), drawn by rejection from each sample's ``keys``
-    alone: attempt a draws ``2 * count + 8`` candidates keyed (key, a, slot)."""
+    alone: attempt ``a`` draws ``w = 2 * count + 8`` items keyed (key, a * w + j), j < w."""
     width = 2 * count + 8
     out = np.full((len(keys), count), -1, dtype=np.int64)
     todo, attempt = np.arange(len(keys)), 0
@@ -208,7 +208,11 @@ def draw_candidates(
 
 
 def samples_table(
-    data: ShardInteractions, phase: np.ndarray, windows: Windows, candidates: np.ndarray, spec
+    data: ShardInteractions,
+    phase: np.ndarray,
+    windows: Windows,
+    candidates: np.ndarray,
+    spec: ShardSpec,
 ) -> pa.Table:
     """One row per sample, the fixed-width arrays as fixed-size lists."""
     return pa.table(

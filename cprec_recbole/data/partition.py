@@ -48,7 +48,6 @@ class Partition:
     """The shard files of a partitioned corpus input, and the item table they refer to."""
 
     folder: Path
-    shards: int
     items: pd.DataFrame  # code, domain, item_id, title: the items with interactions
     interactions: list[int]  # per domain
     codes: np.ndarray  # item code of each domain's titled item (-1: never interacted with)
@@ -67,7 +66,9 @@ def _input(folder: Path, shard: int) -> Path:
     return folder / f"input-{shard:05d}.parquet"
 
 
-def _write_chunk(writers: list, chunk: pd.DataFrame, code: np.ndarray, domain: int, row: int):
+def _write_chunk(
+    writers: list, chunk: pd.DataFrame, code: np.ndarray, domain: int, row: int
+) -> None:
     keys = string_keys(chunk["user_id"].to_numpy())
     shard = share(keys, len(writers))
     table = pa.table(
@@ -120,10 +121,10 @@ def partition(
     finally:
         for writer in writers:
             writer.close()
-    return _coded(folder, shards, tables, seen, counts)
+    return _coded(folder, tables, seen, counts)
 
 
-def _coded(folder: Path, shards: int, tables: list, seen: list, counts: list) -> Partition:
+def _coded(folder: Path, tables: list, seen: list, counts: list) -> Partition:
     """Global item codes: each domain's items with interactions, by id, domain after domain."""
     used = np.concatenate(seen) if seen else np.zeros(0, bool)
     codes = np.where(used, np.cumsum(used) - 1, -1)
@@ -140,4 +141,4 @@ def _coded(folder: Path, shards: int, tables: list, seen: list, counts: list) ->
     items = pd.concat(kept, ignore_index=True)
     items.insert(0, "code", np.arange(len(items), dtype=np.int32))
     starts = np.cumsum([0] + [len(m) for m in seen])[:-1]
-    return Partition(folder, shards, items, counts, codes, starts)
+    return Partition(folder, items, counts, codes, starts)
