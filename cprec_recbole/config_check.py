@@ -25,7 +25,14 @@ from cprec_recbole.config import (
     read_yaml,
 )
 from cprec_recbole.errors import ConfigError
-from cprec_recbole.llm.names import EVAL_ITEM_EMBEDDINGS, REC_MODEL, SFT_OBJECTIVES, VARIANTS
+from cprec_recbole.llm.names import (
+    DTYPE_CHOICES,
+    EVAL_ITEM_EMBEDDINGS,
+    FP16_REFUSED,
+    REC_MODEL,
+    SFT_OBJECTIVES,
+    VARIANTS,
+)
 from cprec_recbole.llm.schedulers import schedule_keys
 from cprec_recbole.plugins import Plugins
 
@@ -73,12 +80,14 @@ class Number:
 
 @dataclass(frozen=True)
 class Choice:
-    """A key that takes one of a fixed set of values."""
+    """A key that takes one of a fixed set of values; ``why`` says why a tempting one is not."""
 
     options: tuple[Any, ...]
+    why: str = ""
 
     def describe(self) -> str:
-        return "one of " + ", ".join(map(str, self.options))
+        text = "one of " + ", ".join(map(str, self.options))
+        return f"{text} ({self.why})" if self.why else text
 
     def accepts(self, value: Any) -> bool:
         return value in self.options
@@ -135,7 +144,7 @@ RULES: dict[str, Number | Choice] = {
         ["min_history", "stopping_step", "k_core", "seed", "data_seed", "eval_seed", "cpt_seed"],
         SIZE,
     ),
-    "dtype": Choice(("auto", "bf16", "fp32", "fp16")),
+    "dtype": Choice(DTYPE_CHOICES, FP16_REFUSED),
     **dict.fromkeys(["score_rule", "valid_score_rule"], Choice(("mean", "distinct_prefix"))),
     "cpt_variant": Choice(tuple(VARIANTS)),
     "sft_objective": Choice(SFT_OBJECTIVES),
