@@ -143,7 +143,9 @@ def register_backbones(register: Register) -> None:
     the dataset (titles, template sentence) for a loader that trains a tokenizer (tiny-random).
     The caller then pads with eos where there is no pad token, pads left, moves the model to the
     configured ``device``/``dtype`` if the loader did not, and adds special tokens and LoRA. Read
-    weights from ``llm_path`` when given: it is in the stage keys, other keys are not.
+    weights from ``llm_path`` when given: it is in the stage keys, other keys are not. A loader
+    that ignores ``corpus`` sets ``loader.reads_corpus = False``: the stages of one run (CPT,
+    then SFT) then share one loaded base instead of reading the weights twice.
     """
 
 

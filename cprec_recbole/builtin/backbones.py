@@ -16,6 +16,8 @@ BUILTIN_BACKBONES = {
     "smollm2-135m": "load_smollm2_135m",
     "tiny-random": "load_tiny_random",
 }
+#: Loaders whose result depends on the corpus they are given (tiny-random trains its tokenizer).
+CORPUS_READERS = ("load_tiny_random",)
 
 
 def _lazy(function_name: str) -> Callable[[dict, Sequence[str]], Any]:
@@ -25,6 +27,7 @@ def _lazy(function_name: str) -> Callable[[dict, Sequence[str]], Any]:
         return getattr(backbone, function_name)(config, corpus)
 
     loader.__name__ = loader.__qualname__ = function_name
+    loader.reads_corpus = function_name in CORPUS_READERS  # the others share one load per run
     loader.__doc__ = f"Calls cprec_recbole.llm.backbone.{function_name} (imported on first use)."
     return loader
 

@@ -7,7 +7,13 @@ loaders live here and are registered lazily by ``cprec_recbole.builtin.backbones
 
 Config keys (defaults in ``properties/model/LLMRecommender.yaml``), all read in this module:
 ``llm_backbone``, ``llm_path``, ``dtype``, ``device``, ``seed``, ``lora_r``, ``lora_alpha``,
-``lora_dropout``, ``lora_target_modules``, ``lora_layers``, ``backbone_cache``, ``output_dir``.
+``lora_dropout``, ``lora_target_modules``, ``lora_layers``, ``backbone_cache``, ``output_dir``,
+``gradient_checkpointing``.
+
+One load per run: a stage that trains LoRA on an unchanged base (CPT) hands it back with
+:func:`keep_backbone` once its adapters are saved, and the next :func:`load_backbone` of the same
+backbone in the process (SFT, or CPTLLaRA's evaluation) takes it instead of reading the weights
+again (13.5 GB for LLaMA-2-7B).
 """
 
 from __future__ import annotations
@@ -18,7 +24,8 @@ import inspect
 import json
 import os
 import re
-from collections.abc import Sequence
+import weakref
+from collections.abc import Hashable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +34,7 @@ from packaging.version import Version
 
 from cprec_recbole.errors import ConfigError
 from cprec_recbole.io import write_atomic_dir
+from cprec_recbole.llm.names import DTYPE_CHOICES, FP16_REFUSED
 
 if TYPE_CHECKING:  # transformers is imported where it is used: loading plugins must not pay for it
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -42,9 +50,6 @@ DTYPES = {
     "bfloat16": torch.bfloat16,
     "fp32": torch.float32,
     "float32": torch.float32,
-    "fp16": torch.float16,
-    "float16": torch.float16,
-    "half": torch.float16,
 }
 CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 #: Config keys that decide the backbone and its LoRA adapters (part of every training stage's key).
@@ -118,6 +123,8 @@ def resolve_dtype(config: dict, device: torch.device) -> torch.dtype:
     if isinstance(wanted, torch.dtype):
         return wanted
     name = "auto" if wanted is None else str(wanted).lower()
+    if name in ("fp16", "float16", "half"):
+        raise ConfigError(f"config key 'dtype' is {wanted!r}: {FP16_REFUSED}")
     if name == "auto":
         if device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
@@ -126,18 +133,27 @@ def resolve_dtype(config: dict, device: torch.device) -> torch.dtype:
         return torch.float32
     if name not in DTYPES:
         raise ConfigError(
-            f"config key 'dtype' must be one of auto, bf16, fp32, fp16; found {wanted!r}"
+            f"config key 'dtype' must be one of {', '.join(DTYPE_CHOICES)}; found {wanted!r}"
         )
     return DTYPES[name]
 
 
-def _dtype_kwargs(dtype: torch.dtype) -> dict[str, torch.dtype]:
-    """``from_pretrained`` takes ``dtype`` since transformers 4.56 (``torch_dtype`` before)."""
+def load_kwargs(dtype: torch.dtype, device: torch.device) -> dict[str, Any]:
+    """``from_pretrained``'s arguments that read the weights once, in ``dtype``, onto ``device``.
+
+    ``device_map`` puts each tensor on the GPU as it is read (no full copy in host memory, which
+    for LLaMA-2-7B is 13.5 GB); on the CPU transformers 5 already loads onto empty (meta) weights,
+    older releases only with ``low_cpu_mem_usage``. ``dtype`` was ``torch_dtype`` before 4.56.
+    """
     import transformers
 
-    if Version(transformers.__version__) >= Version("4.56"):
-        return {"dtype": dtype}
-    return {"torch_dtype": dtype}
+    version = Version(transformers.__version__)
+    kwargs: dict[str, Any] = {"dtype" if version >= Version("4.56") else "torch_dtype": dtype}
+    if device.type != "cpu":
+        kwargs["device_map"] = {"": str(device)}
+    if version < Version("5"):
+        kwargs["low_cpu_mem_usage"] = True
+    return kwargs
 
 
 # --------------------------------------------------------------------------- loading
@@ -159,6 +175,10 @@ def load_backbone(
             f"(known: {', '.join(plugins.backbones.names())})"
         )
     loader = plugins.backbones.get(name)
+    key = _share_key(config, name, loader, corpus)
+    if key in _KEPT:
+        return _KEPT.pop(key)
+    _KEPT.clear()  # at most one base in memory: a kept one of another backbone is not reused
     result = loader(config, corpus)
     if not (isinstance(result, tuple) and len(result) == 2):
         raise BackboneError(
@@ -184,7 +204,35 @@ def load_backbone(
     if model.device != device or model.dtype != dtype:  # loaders should have done it already
         model.to(device=device, dtype=dtype)
     model.eval()
+    _KEYS[model] = key
     return model, tokenizer
+
+
+#: Bases handed back by :func:`keep_backbone`, by :func:`_share_key` (at most one).
+_KEPT: dict[Hashable, tuple[PreTrainedModel, PreTrainedTokenizerBase]] = {}
+#: The share key of every base :func:`load_backbone` returned.
+_KEYS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _share_key(config: dict, name: str, loader: Any, corpus: Sequence[str]) -> Hashable:
+    """What decides a loaded base: the backbone, its source, device and dtype, and the corpus
+    for a loader that reads it (tiny-random trains its tokenizer on it; a plugin loader is
+    assumed to unless it sets ``reads_corpus = False``)."""
+    device = resolve_device(config)
+    text = tuple(map(str, corpus)) if getattr(loader, "reads_corpus", True) else None
+    return (name, config.get("llm_path"), str(device), resolve_dtype(config, device), text)
+
+
+def keep_backbone(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
+    """Hand back a base from :func:`load_backbone` as it was loaded (LoRA unloaded, no token
+    added, weights untouched), for the next load of the same backbone in this process."""
+    if model not in _KEYS:
+        raise BackboneError(f"keep_backbone: {type(model).__name__} was not loaded here")
+    set_gradient_checkpointing(model, False)
+    model.requires_grad_(True)  # as from_pretrained leaves it; add_lora freezes it again
+    model.eval()
+    _KEPT.clear()
+    _KEPT[_KEYS[model]] = (model, tokenizer)
 
 
 def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase, name: str = "backbone") -> None:
@@ -232,7 +280,7 @@ def load_pretrained(
         source = str(folder)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
-        model = AutoModelForCausalLM.from_pretrained(source, **_dtype_kwargs(dtype))
+        model = AutoModelForCausalLM.from_pretrained(source, **load_kwargs(dtype, device))
     except OSError as exc:
         offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
         raise BackboneError(
@@ -490,4 +538,23 @@ def add_lora(model: PreTrainedModel, config: dict):
         bias="none",
         task_type="CAUSAL_LM",
     )
+    if config.get("gradient_checkpointing"):
+        set_gradient_checkpointing(model, True)
     return get_peft_model(model, lora)
+
+
+def set_gradient_checkpointing(model: PreTrainedModel, enabled: bool) -> None:
+    """Recompute each decoder layer's activations in backward (or stop): non-reentrant, so
+    gradients reach LoRA although the input embeddings need none, and dropout is replayed.
+    transformers 5 renamed ``gradient_checkpointing_*`` to ``activation_checkpointing_*``."""
+    renamed = hasattr(model, "activation_checkpointing_enable")
+    if not enabled:
+        (
+            model.activation_checkpointing_disable
+            if renamed
+            else model.gradient_checkpointing_disable
+        )()
+    elif renamed:
+        model.activation_checkpointing_enable({"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable({"use_reentrant": False})

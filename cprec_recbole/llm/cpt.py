@@ -38,7 +38,7 @@ from cprec_recbole.data.corpus import (
 )
 from cprec_recbole.errors import ConfigError
 from cprec_recbole.io import write_atomic_dir
-from cprec_recbole.llm.backbone import BACKBONE_KEYS, add_lora, load_backbone
+from cprec_recbole.llm.backbone import BACKBONE_KEYS, add_lora, keep_backbone, load_backbone
 from cprec_recbole.llm.batching import encode_batch, prompt_titles
 from cprec_recbole.llm.loop import (
     ADAPTER,
@@ -268,6 +268,7 @@ class CPT:
 
         train = loop.run(plan, loss_fn)
         save_adapter(model, folder / ADAPTER)
+        keep_backbone(model.unload(), tokenizer)  # SFT in this process starts from this base
         mixed = int((corpus.phase[order] == 1).sum())
         return {
             **train,
@@ -445,7 +446,10 @@ def _build_cpt(
 CPT_STAGE = Stage(
     "cpt",
     reads=CPT_KEYS,
-    uses=("output_dir", "checkpoint_every", "show_progress", "plot_schedule", "backbone_cache"),
+    uses=(
+        *("output_dir", "checkpoint_every", "show_progress", "plot_schedule", "backbone_cache"),
+        "gradient_checkpointing",
+    ),
     needs=("corpus",),
     build=_build_cpt,
     resumable=True,

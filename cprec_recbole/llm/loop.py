@@ -110,8 +110,10 @@ def _set_rng_state(state: dict) -> None:
 
 
 def save_adapter(model: nn.Module, folder: Path) -> None:
-    """LoRA adapters in peft's own format (``adapter_model.safetensors`` + config)."""
-    model.save_pretrained(str(folder))
+    """LoRA adapters in peft's own format (``adapter_model.safetensors`` + config), without the
+    embedding matrices peft adds once placeholder tokens grew the vocabulary: they are frozen,
+    and their new rows are rebuilt identically when the tokens are added again."""
+    model.save_pretrained(str(folder), save_embedding_layers=False)
 
 
 def load_adapter(model: nn.Module, folder: Path) -> None:

@@ -87,7 +87,10 @@ EVAL_KEYS = (
     "eval_item_embeddings",
 )
 #: Keys the LLM stages read that change no result: where things live, progress bars.
-LLM_USES = ("output_dir", "checkpoint_every", "show_progress", "backbone_cache")
+LLM_USES = (
+    *("output_dir", "checkpoint_every", "show_progress", "backbone_cache"),
+    "gradient_checkpointing",  # trades compute for activation memory; the same gradients
+)
 #: SFT validates with its own scoring keys, so a new test-time score rule reuses the SFT stage.
 VALID_SCORING = {"score_rule": "valid_score_rule", "score_max_tokens": "valid_score_max_tokens"}
 
@@ -214,7 +217,7 @@ class LLMRecommender:
         if embeddings is not None:
             torch.manual_seed(int(self.config["seed"]))
             projector = Projector(embeddings.shape[1], model.config.hidden_size)
-            projector.to(device=model.device, dtype=model.dtype)
+            projector.to(device=model.device)  # fp32 weights: Adam on bf16 ones rounds updates away
             embeddings = embeddings.to(model.device)
         if self.fine_tunes or self.cpt_folder is not None:
             model = add_lora(model, self.config)
@@ -358,6 +361,7 @@ SFT = Stage(
     needs=("data", "rec_model", "cpt"),
     build=_build_sft,
     resumable=True,
+    version=2,  # 2: the projector trains in fp32 on a bf16 backbone (was bf16)
 )
 #: Ranks of the test users' candidates; the model's results.
 EVAL = Stage(
