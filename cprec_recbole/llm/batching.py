@@ -1,7 +1,9 @@
 """Samples -> left-padded token batches with answer-only labels and item-embedding slots.
 
 Prompt and answer are tokenized separately and their ids concatenated, so the prefix the model
-is trained on is exactly the prefix it generates or scores from. Rows are LEFT padded: the last
+is trained on is exactly the prefix it generates or scores from. The answer is tokenized as it
+continues a prompt (:func:`answer_ids`), so the ids equal those of prompt and answer tokenized as
+one text for SentencePiece-style tokenizers (LLaMA's) as well as byte-level BPE ones. Rows are LEFT padded: the last
 position of every row is the prompt's last token, which generation and scoring both need.
 """
 
@@ -81,6 +83,25 @@ def prompt_titles(tokenizer, titles: Mapping[K, str], config: Mapping) -> dict[K
     return distinct_titles(short) if config.get("distinct_titles") else short
 
 
+#: A word the answers are tokenized after (prompts end "... The answer is"), then cut off.
+ANSWER_ANCHOR = "is"
+
+
+def answer_ids(tokenizer, answers: Sequence[str]) -> list[list[int]]:
+    """Token ids of ``answers`` as they follow a prompt. Tokenized alone, " Title" gets a
+    SentencePiece tokenizer's dummy prefix ("▁" prepended, then the space's own "▁": LLaMA-2
+    gives a stray "▁" token first); after an anchor word that prefix lands on the anchor."""
+    anchor = tokenizer(ANSWER_ANCHOR, add_special_tokens=False)["input_ids"]
+    joint = tokenizer([ANSWER_ANCHOR + a for a in answers], add_special_tokens=False)["input_ids"]
+    for answer, ids in zip(answers, joint, strict=True):
+        if ids[: len(anchor)] != anchor:
+            raise ValueError(
+                f"the tokenizer merges the answer {answer!r} into the word before it "
+                f"({ANSWER_ANCHOR!r}): its ids cannot be cut from the prompt's"
+            )
+    return [ids[len(anchor) :] for ids in joint]
+
+
 def template_token_ids(tokenizer, tokens: Sequence[str]) -> list[int]:
     """Ids of special tokens that must exist as single tokens in the vocabulary."""
     ids = tokenizer.convert_tokens_to_ids(list(tokens))
@@ -158,16 +179,13 @@ def encode_batch(
     if with_answer:
         if any(s.target is None for s in samples):
             raise ValueError("with_answer=True needs every sample's target")
-        answers = [answer_text(titles[s.target]) for s in samples]
-        answer_ids = tokenizer(answers, add_special_tokens=False)["input_ids"]
+        answers = answer_ids(tokenizer, [answer_text(titles[s.target]) for s in samples])
     else:
-        answer_ids = [[] for _ in samples]
-    ids = [
-        torch.tensor(p + a, dtype=torch.long) for p, a in zip(prompt_ids, answer_ids, strict=True)
-    ]
+        answers = [[] for _ in samples]
+    ids = [torch.tensor(p + a, dtype=torch.long) for p, a in zip(prompt_ids, answers, strict=True)]
     labels = [
         torch.tensor([IGNORE_INDEX] * len(p) + a, dtype=torch.long)
-        for p, a in zip(prompt_ids, answer_ids, strict=True)
+        for p, a in zip(prompt_ids, answers, strict=True)
     ]
     input_ids = pad_sequence(
         ids, batch_first=True, padding_value=pad_id(tokenizer), padding_side="left"

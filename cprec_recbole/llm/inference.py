@@ -31,6 +31,7 @@ from cprec_recbole.evaluation import INVALID, UNRANKED, evaluate_ranks, ranks_fr
 from cprec_recbole.llm.batching import (
     EncodedBatch,
     LLMSample,
+    answer_ids,
     encode_batch,
     pad_id,
     prompt_lengths,
@@ -280,7 +281,7 @@ def _answer_ids(
 ) -> list[list[list[int]]]:
     """Per sample, the candidate answer tokens ``rule`` reads."""
     texts = [answer_text(ctx.titles[c]) for s in samples for c in s.candidates]
-    ids = iter(tokenizer(texts, add_special_tokens=False)["input_ids"])
+    ids = iter(answer_ids(tokenizer, texts))
     answers = [[next(ids) for _ in s.candidates] for s in samples]
     if rule == "distinct_prefix":
         return [distinct_prefixes(user) for user in answers]
