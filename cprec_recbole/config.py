@@ -118,7 +118,7 @@ def profile_properties(config: Mapping[str, Any]) -> Path | None:
     """The budget profile of an LLM model: ``properties/profile/<name>.yaml``.
 
     ``auto`` picks ``tiny`` for the tiny-random backbone and ``cpu`` on a machine without CUDA;
-    ``none`` keeps the paper's settings. It sits after the dataset layer, so files and the command
+    ``none`` keeps the paper's settings; ``gpu`` (asked for by name) adds the paper's backbone. It sits after the dataset layer, so files and the command
     line still override it.
     """
     name = config.get("profile")

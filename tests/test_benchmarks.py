@@ -169,3 +169,46 @@ def test_cpt_throughput_benchmark_runs_both_modes_and_variants_on_tiny_random(cp
     assert set(out["plan_padding"]["by_micro_batch_size"]) == {"4", "8", "16"}
     written = json.loads((tmp_path / "results" / "cpt-throughput-tiny-random.json").read_text())
     assert written == out
+
+
+# --------------------------------------------------------------------------- GPU smoke
+@pytest.mark.skipif(
+    torch.cuda.is_available(), reason="checks the message of a machine without CUDA"
+)
+def test_gpu_smoke_says_in_one_line_that_there_is_no_cuda_and_exits_2(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        load_script("gpu_smoke").main(["--dataset=Tiny"])
+    assert exit_.value.code == 2
+    message = capsys.readouterr().err
+    assert (
+        message.count("\n") == 1 and "sees no CUDA device" in message and "--device=cpu" in message
+    )
+
+
+def test_gpu_smoke_runs_llara_and_cprec_on_the_cpu_in_the_gpu_profile(tmp_path):
+    from tests.test_cpt import write_cpt_domains
+
+    data = write_cpt_domains(tmp_path / "data")
+    argv = [
+        "--dataset=Tiny",
+        f"--data_path={data}",
+        "--device=cpu",
+        "--llm_backbone=tiny-random",
+        "--samples=8",
+        "--users=4",
+        "--matmul_size=64",
+        "--matmul_repeats=2",
+        "--rec_model_overrides={epochs: 1, hidden_size: 16, inner_size: 32, n_layers: 1}",
+        *("--micro_batch_size=4", "--train_batch_size=4", "--cpt_micro_batch_size=4"),
+        f"--results_dir={tmp_path / 'results'}",
+    ]
+    out = load_script("gpu_smoke").main(argv)
+    assert out["dtype"] == "bf16" and out["backbone"] == "tiny-random"  # the gpu profile's dtype
+    llara, cprec = out["models"]["LLaRA"], out["models"]["CPRec"]
+    assert "cpt" not in llara and cprec["cpt"]["tokens"] > 0
+    for row in (llara["sft"], cprec["sft"], cprec["cpt"]):
+        assert row["tokens_per_s"] > 0 and 0 < row["matmul_fraction"]
+    assert llara["sft"]["tokens"] == cprec["sft"]["tokens"]  # the same SFT samples
+    assert llara["test"]["users"] == 4 and llara["peak_process_memory_mib"] > 0
+    written = json.loads((tmp_path / "results" / "gpu-smoke-tiny-random.json").read_text())
+    assert written == out
