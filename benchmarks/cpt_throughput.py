@@ -54,8 +54,9 @@ from cprec_recbole.llm.backbone import add_lora, load_backbone
 from cprec_recbole.llm.batching import encode_batch, prompt_lengths, prompt_titles
 from cprec_recbole.llm.cpt import cpt_plan, length_grouped, sample_lengths, variant_order
 from cprec_recbole.llm.loop import CompiledDecoder, adam, mixed_precision
+from cprec_recbole.llm.losses import answer_loss, answer_span
 from cprec_recbole.llm.prompts import answer_text
-from cprec_recbole.llm.sft import answer_loss, answer_span, load_trainable_state, trainable_state
+from cprec_recbole.llm.sft import load_trainable_state, trainable_state
 from cprec_recbole.stages import machine
 
 from harness import configure

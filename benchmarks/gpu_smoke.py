@@ -31,9 +31,11 @@ import time
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 
 from cprec_recbole.io import write_json
 from cprec_recbole.llm.batching import answer_ids, prompt_lengths
+from cprec_recbole.llm.loop import ADAPTER
 from cprec_recbole.llm.prompts import answer_text
 from cprec_recbole.pipeline import run_pipeline
 from cprec_recbole.run_config import RunConfig
@@ -120,7 +122,7 @@ def run_model(name: str, argv: list[str], device: torch.device, peak: float) -> 
     run = run_pipeline(name, RunConfig(config), plugins)
     recommender = run.recommender()
     model, tokenizer, ctx = recommender.trained(run.folders["sft"])
-    lora = torch.load(run.folders["sft"] / "trainable.pt", map_location="cpu")["lora"]
+    lora = load_file(run.folders["sft"] / ADAPTER / "adapter_model.safetensors")
     per_token = flops_per_token(model, sum(t.numel() for t in lora.values()))
     sft = read_manifest(run.folders["sft"])["metrics"]["epochs"]
     seconds = sum(e["train_time_s"] for e in sft)

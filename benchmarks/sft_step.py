@@ -23,8 +23,8 @@ import torch
 
 from cprec_recbole.io import write_json
 from cprec_recbole.llm.batching import encode_batch
+from cprec_recbole.llm.losses import answer_loss
 from cprec_recbole.llm.projector import embed_batch
-from cprec_recbole.llm.sft import answer_loss
 
 from harness import setup
 

@@ -125,7 +125,7 @@ def register_evaluators(register: Register) -> None:
     """Add LLM answer evaluators: ``register("generate", evaluator)``.
 
     ``evaluator(model, tokenizer, samples, ctx) -> EvalOutput`` (``cprec_recbole.llm.inference``):
-    ``samples`` is a list of ``LLMSample`` (raw item ids), ``ctx`` an ``EvalContext`` (template,
+    ``samples`` is a list of ``LLMSample`` (raw item ids), ``ctx`` a ``RenderContext`` (template,
     titles, item embeddings and projector, config). Per sample: ``ranks``, the 0-based rank of
     the target among its candidates (``INVALID`` = -1 when the answer names no single candidate,
     ``UNRANKED`` when never ranked), ``valid`` and the raw ``answers``; the shared metric code

@@ -18,7 +18,14 @@ from cprec_recbole.cli import main
 from cprec_recbole.errors import ConfigError
 from cprec_recbole.llm.backbone import add_lora
 from cprec_recbole.llm.cpt import VARIANTS, cpt_plan, length_grouped, variant_order
-from cprec_recbole.llm.loop import Plan, TrainLoop, batch_steps, checkpoints, mixed_precision
+from cprec_recbole.llm.loop import (
+    LoopArguments,
+    Plan,
+    TrainLoop,
+    batch_steps,
+    checkpoints,
+    mixed_precision,
+)
 from cprec_recbole.llm.sft import trainable_state
 from cprec_recbole.quick_start import run
 from tests.conftest import REPO, cyclic_sequences, write_dataset
@@ -240,12 +247,12 @@ def test_a_stage_killed_midway_resumes_to_the_same_weights_as_an_uninterrupted_r
         f"stage {stage}: continuing" in resumed.stderr
         and "resuming from checkpoint" in resumed.stderr
     )
-    for name, artifact in (("cpt", "adapter/adapter_model.safetensors"), ("sft", "trainable.pt")):
-        (a,) = Path(whole["output_dir"]).glob(f"{name}/*/{artifact}")
-        (b,) = Path(killed["output_dir"]).glob(f"{name}/*/{artifact}")
-        assert a.parent.name == b.parent.name  # same config hash
-        load = load_file if artifact.endswith("safetensors") else lambda p: torch.load(p)["lora"]
-        left, right = load(a), load(b)
+    adapter = "adapter/adapter_model.safetensors"
+    for artifact in (f"cpt/*/{adapter}", f"sft/*/{adapter}", "sft/*/projector.safetensors"):
+        (a,) = Path(whole["output_dir"]).glob(artifact)
+        (b,) = Path(killed["output_dir"]).glob(artifact)
+        assert a.relative_to(whole["output_dir"]) == b.relative_to(killed["output_dir"])
+        left, right = load_file(a), load_file(b)
         assert left.keys() == right.keys()
         assert all(torch.equal(left[k], right[k]) for k in left)
 
@@ -276,9 +283,8 @@ def test_the_loop_clips_each_steps_gradient_norm(tmp_path):
     before = model.weight.detach().clone()
     optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    loop = TrainLoop(
-        model, None, optimizer, scheduler, tmp_path, "t", show_progress=False, max_grad_norm=0.5
-    )
+    args = LoopArguments("t", show_progress=False, max_grad_norm=0.5)
+    loop = TrainLoop(model, None, optimizer, scheduler, tmp_path, args)
     loop.run(Plan([[[0]]]), lambda step, ids: 1000 * model(torch.ones(1, 4)).sum())
     assert torch.linalg.norm(model.weight.detach() - before) == pytest.approx(0.5)
 
@@ -321,10 +327,8 @@ def test_a_compiled_loop_trains_as_eager_does_and_resumes_bit_identically(tmp_pa
         model = add_lora(base.to(torch.bfloat16), lora)
         optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-        loop = TrainLoop(
-            model, None, optimizer, scheduler, folder, "t", show_progress=False, autocast=True,
-            compile=compile,
-        )  # fmt: skip
+        args = LoopArguments("t", show_progress=False, autocast=True, compile=compile)
+        loop = TrainLoop(model, None, optimizer, scheduler, folder, args)
         loop.run(steps, lambda step, ids: model(input_ids=data[ids], labels=data[ids]).loss)
         assert all("forward" not in vars(layer) for layer in model.base_model.model.model.layers)
         return trainable_state(model, None)["lora"], loop

@@ -37,11 +37,11 @@ from cprec_recbole.llm.backbone import (
     load_kwargs,
     load_pretrained,
 )
-from cprec_recbole.llm.batching import answer_ids, encode_batch
-from cprec_recbole.llm.inference import EvalContext, candidate_scores
+from cprec_recbole.llm.batching import RenderContext, answer_ids, encode_batch
 from cprec_recbole.llm.loop import ADAPTER, load_adapter, save_adapter
+from cprec_recbole.llm.losses import answer_loss
 from cprec_recbole.llm.prompts import answer_text, render
-from cprec_recbole.llm.sft import answer_loss
+from cprec_recbole.llm.scoring import candidate_scores
 from cprec_recbole.pipeline import run_pipeline
 from cprec_recbole.quick_start import run
 from tests.test_cpt import cpt_overrides  # noqa: F401  (the fixture, read by name)
@@ -282,7 +282,7 @@ def test_trained_and_scored_answer_tokens_are_those_of_prompt_and_answer_as_one_
         log_probs = model(torch.tensor([whole])).logits[0, n_prompt - 1 : -1].log_softmax(-1)
         expected = log_probs.gather(1, torch.tensor(whole[n_prompt:])[:, None]).mean()
         loss = answer_loss(model, batch, None, None)
-        ctx = EvalContext(UNIFIED, TITLES, {}, "item", {"score_rule": "mean"})
+        ctx = RenderContext(UNIFIED, TITLES, {}, "item", {"score_rule": "mean"})
         prompts = encode_batch(tokenizer, UNIFIED, [sample], TITLES, {}, "item", False)
         scores = candidate_scores(model, tokenizer, [sample], ctx, prompts)
     target = sample.candidates.index(sample.target)

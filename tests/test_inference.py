@@ -20,12 +20,10 @@ from llm_fixtures import (  # noqa: F401  (pytest fixtures)
 from cprec_recbole.builtin.prompt_templates import LLARA_HYBRID, LLARA_TEXT, UNIFIED
 from cprec_recbole.errors import ConfigError
 from cprec_recbole.evaluation import INVALID, UNRANKED, first_pick_positions, rank_metrics
-from cprec_recbole.llm.batching import encode_batch
+from cprec_recbole.llm.batching import RenderContext, encode_batch
 from cprec_recbole.llm.inference import (
-    EvalContext,
     candidate_log_likelihoods,
     derangement,
-    distinct_prefixes,
     generate,
     generate_texts,
     item_embedding_context,
@@ -35,9 +33,10 @@ from cprec_recbole.llm.inference import (
     parse_answer,
     score,
 )
+from cprec_recbole.llm.losses import answer_loss
 from cprec_recbole.llm.projector import Projector, embed_batch
 from cprec_recbole.llm.prompts import answer_text, render
-from cprec_recbole.llm.sft import answer_loss
+from cprec_recbole.llm.scoring import distinct_prefixes
 from cprec_recbole.llm.stopping import StopAtNewline
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -55,9 +54,9 @@ def test_parse_answer_rejects_no_candidate_and_two_candidates():
     assert parse_answer("\nTetris", CANDIDATES) == 2  # leading whitespace is stripped first
 
 
-def context(config=None, **kw) -> EvalContext:
+def context(config=None, **kw) -> RenderContext:
     base = {"show_progress": False, "eval_batch_users": 3}
-    return EvalContext(LLARA_HYBRID, TITLES, ITEM_INDEX, "game", {**base, **(config or {})}, **kw)
+    return RenderContext(LLARA_HYBRID, TITLES, ITEM_INDEX, "game", {**base, **(config or {})}, **kw)
 
 
 def test_length_batches_group_similar_prompts_and_cover_every_sample_once():

@@ -11,30 +11,35 @@ from llm_fixtures import (  # noqa: F401  (pytest fixtures)
     TITLES,
     one_thread_fixture,
     samples,
+    tiny_backbone,
     tiny_model_fixture,
     tiny_tokenizer_fixture,
 )
+from peft import PeftModel
+from safetensors.torch import load_file
 
 from cprec_recbole.builtin.prompt_templates import LLARA_HYBRID
-from cprec_recbole.llm.batching import encode_batch
-from cprec_recbole.llm.inference import EvalContext, candidate_log_likelihoods, score
-from cprec_recbole.llm.projector import Projector
+from cprec_recbole.llm.backbone import add_lora
+from cprec_recbole.llm.batching import RenderContext, encode_batch
+from cprec_recbole.llm.inference import candidate_log_likelihoods, output_metrics, score
+from cprec_recbole.llm.losses import answer_loss, listwise_loss
+from cprec_recbole.llm.projector import Projector, embed_batch
 from cprec_recbole.llm.sft import (
+    PROJECTOR,
     SFTSetup,
-    answer_loss,
-    fine_tune,
-    listwise_loss,
+    SFTTrainer,
     objective_weights,
+    save_fine_tuned,
     sft_loss,
 )
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def hybrid_context(model) -> EvalContext:
+def hybrid_context(model) -> RenderContext:
     torch.manual_seed(0)
     config = {"show_progress": False, "eval_batch_users": 4, "score_rule": "mean"}
-    return EvalContext(
+    return RenderContext(
         LLARA_HYBRID,
         TITLES,
         ITEM_INDEX,
@@ -45,7 +50,7 @@ def hybrid_context(model) -> EvalContext:
     )
 
 
-def setup_for(tokenizer, ctx: EvalContext, users, plugins) -> SFTSetup:
+def setup_for(tokenizer, ctx: RenderContext, users, plugins) -> SFTSetup:
     """Train and validate on the same users, every prompt hybrid (no curriculum)."""
     return SFTSetup(
         tokenizer,
@@ -53,8 +58,7 @@ def setup_for(tokenizer, ctx: EvalContext, users, plugins) -> SFTSetup:
         None,
         ctx,
         lambda epoch: users,
-        users,
-        score,
+        lambda model: output_metrics(score(model, tokenizer, users, ctx), users, [1, 3]),
         plugins.schedulers.get("constant"),
     )
 
@@ -132,7 +136,7 @@ def test_an_unknown_objective_fails_before_training_naming_the_key(
     ctx = hybrid_context(tiny_model)
     setup = setup_for(tiny_tokenizer, ctx, samples(2), plugins)
     with pytest.raises(ValueError, match="sft_objective: 'foo' is not one of answer, listwise"):
-        fine_tune(tiny_model, ctx.projector, setup, sft_config(sft_objective="foo"), tmp_path)
+        SFTTrainer(tiny_model, ctx.projector, setup, sft_config(sft_objective="foo"), tmp_path)
 
 
 def test_listwise_sft_ranks_every_memorised_positive_first(
@@ -143,7 +147,37 @@ def test_listwise_sft_ranks_every_memorised_positive_first(
     setup = setup_for(tiny_tokenizer, ctx, users, plugins)
     config = sft_config(sft_objective="listwise")
     assert score(tiny_model, tiny_tokenizer, users, ctx).ranks.tolist() != [0] * len(users)
-    metrics, _ = fine_tune(tiny_model, ctx.projector, setup, config, tmp_path)
+    metrics = SFTTrainer(tiny_model, ctx.projector, setup, config, tmp_path).train()
     assert metrics["best_valid"]["hr@1"] == 1.0
-    out = score(tiny_model, tiny_tokenizer, users, ctx)  # the best state, as fine_tune ends
+    out = score(tiny_model, tiny_tokenizer, users, ctx)  # the best state, as training ends
     assert out.ranks.tolist() == [0] * len(users)
+
+
+def test_the_sft_artifact_is_a_peft_adapter_that_from_pretrained_loads_to_the_same_logits(
+    tiny_tokenizer, tiny_model, plugins, tmp_path
+):
+    users = samples(4)
+    model = add_lora(tiny_model, {"lora_r": 4, "lora_alpha": 8, "lora_dropout": 0.0})
+    ctx = hybrid_context(model)
+    setup = setup_for(tiny_tokenizer, ctx, users, plugins)
+    SFTTrainer(model, ctx.projector, setup, sft_config(epochs=2), tmp_path).train()
+    save_fine_tuned(tmp_path, model, ctx.projector)
+    assert {p.name for p in (tmp_path / "adapter").iterdir()} >= {
+        "adapter_config.json",
+        "adapter_model.safetensors",
+    }
+    base, _ = tiny_backbone()  # a fresh backbone with the same special tokens
+    loaded = PeftModel.from_pretrained(base, tmp_path / "adapter")
+    projector = Projector(8, base.config.hidden_size)
+    projector.load_state_dict(load_file(tmp_path / PROJECTOR))
+    batch = encode_batch(tiny_tokenizer, LLARA_HYBRID, users, TITLES, ITEM_INDEX, "game", True)
+
+    def logits(net, proj) -> torch.Tensor:
+        net.eval()
+        embeds = embed_batch(net, batch, ctx.item_embeddings, proj)
+        return net(inputs_embeds=embeds, attention_mask=batch.attention_mask).logits
+
+    trained = [p for n, p in model.named_parameters() if "lora_B" in n]
+    assert any(p.abs().sum() > 0 for p in trained)  # the adapters learned something
+    with torch.no_grad():
+        assert torch.equal(logits(loaded, projector), logits(model, ctx.projector))

@@ -10,10 +10,11 @@ position of every row is the prompt's last token, which generation and scoring b
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.nn.utils.rnn import pad_sequence
 
 from cprec_recbole.data.titles import K, distinct_titles
@@ -30,6 +31,20 @@ class LLMSample:
     history: list[str]
     candidates: list[str]
     target: str | None = None
+
+
+@dataclass
+class RenderContext:
+    """How prompts are rendered and what is injected into them: what training's losses and
+    evaluation's rankings both read besides the model."""
+
+    template: PromptTemplate
+    titles: Mapping[str, str]
+    item_index: Mapping[str, int]
+    noun: str
+    config: Mapping[str, Any] = field(default_factory=dict)
+    item_embeddings: Tensor | None = None
+    projector: nn.Module | None = None
 
 
 @dataclass

@@ -44,6 +44,7 @@ from cprec_recbole.llm.loop import (
     ADAPTER,
     CHECKPOINTS,
     STATE,
+    LoopArguments,
     Plan,
     TrainLoop,
     adam,
@@ -52,10 +53,10 @@ from cprec_recbole.llm.loop import (
     group_steps,
     save_adapter,
 )
+from cprec_recbole.llm.losses import answer_loss
 from cprec_recbole.llm.names import VARIANTS
 from cprec_recbole.llm.projector import model_device
 from cprec_recbole.llm.schedulers import learning_rates, plot_schedule, schedule_keys
-from cprec_recbole.llm.sft import answer_loss
 from cprec_recbole.plugins import Plugins
 from cprec_recbole.run_config import RunConfig, tracked
 from cprec_recbole.stages import Stage, read_manifest, run_stage, stage_folder
@@ -245,19 +246,8 @@ class CPT:
         scheduler = self.factory(optimizer, step_phases, self._schedule_config())
         if config.get("plot_schedule"):
             self._plot(folder, plan, step_phases)
-        loop = TrainLoop(
-            model,
-            None,
-            optimizer,
-            scheduler,
-            folder,
-            "cpt",
-            config.get("checkpoint_every"),
-            bool(config.get("show_progress", True)),
-            max_grad_norm=config.get("max_grad_norm"),
-            autocast=bool(config["autocast"]),
-            compile=bool(config["compile"]),
-        )
+        args = LoopArguments.from_config("cpt", config)
+        loop = TrainLoop(model, None, optimizer, scheduler, folder, args)
         device = model_device(model)
 
         def loss_fn(step: int, ids: list[int]):

@@ -24,7 +24,7 @@ import os
 import random
 import shutil
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -234,14 +234,44 @@ class CompiledDecoder:
                 del layer.forward
 
 
+@dataclass(frozen=True)
+class LoopArguments:
+    """How the loop trains, whatever it trains: one object built from the config in one place
+    (as transformers' ``TrainingArguments``), not loose parameters cast by each caller.
+
+    ``max_grad_norm`` clips the gradient norm of each step (as HF's Trainer does by default);
+    ``checkpoint_every`` writes a rolling checkpoint every that many samples; ``compile`` runs
+    the training forward through :class:`CompiledDecoder`; ``autocast`` through
+    :func:`mixed_precision`.
+    """
+
+    name: str
+    checkpoint_every: int | None = None
+    show_progress: bool = True
+    max_grad_norm: float | None = None
+    autocast: bool = False
+    compile: bool = False
+
+    @classmethod
+    def from_config(cls, name: str, config: Mapping[str, Any]) -> LoopArguments:
+        every, norm = config.get("checkpoint_every"), config.get("max_grad_norm")
+        return cls(
+            name,
+            checkpoint_every=None if every is None else int(every),
+            show_progress=bool(config.get("show_progress", True)),
+            max_grad_norm=None if norm is None else float(norm),
+            autocast=bool(config["autocast"]),
+            compile=bool(config["compile"]),
+        )
+
+
 class TrainLoop:
     """Runs a :class:`Plan` with checkpoints under ``<folder>/checkpoints/``.
 
     ``loss_fn(step, micro_batch_ids)`` returns the mean loss of one micro-batch.
-    ``max_grad_norm`` clips the gradient norm of each step (as HF's Trainer does by default).
     ``on_checkpoint(name, steps_done)`` runs before a named checkpoint is written (SFT validates
-    at epoch ends there) and returns True to stop training early. ``compile`` runs the training
-    forward through :class:`CompiledDecoder`.
+    at epoch ends there) and returns True to stop training early. ``state`` is the caller's own
+    state, checkpointed with the loop's.
     """
 
     def __init__(
@@ -251,21 +281,14 @@ class TrainLoop:
         optimizer: torch.optim.Optimizer,
         scheduler,
         folder: Path,
-        name: str,
-        checkpoint_every: int | None = None,
-        show_progress: bool = True,
+        args: LoopArguments,
         state: Stateful | None = None,
-        max_grad_norm: float | None = None,
-        autocast: bool = False,
-        compile: bool = False,
     ):
         self.model, self.projector = model, projector
         self.optimizer, self.scheduler = optimizer, scheduler
         self.folder = Path(folder) / CHECKPOINTS
-        self.name, self.every, self.show = name, checkpoint_every, show_progress
-        self.state = state
-        self.max_grad_norm, self.autocast = max_grad_norm, autocast
-        self.compiled = CompiledDecoder(model, compile)
+        self.args, self.state = args, state
+        self.compiled = CompiledDecoder(model, args.compile)
         self.steps_done, self.losses, self.stopped = 0, [], False
         self.logged_losses = 0
         self.train_time = 0.0
@@ -329,7 +352,7 @@ class TrainLoop:
             self.restore(latest)
             logger.info(
                 "%s: resuming from checkpoint %s at step %d/%d (%d samples done)",
-                self.name,
+                self.args.name,
                 latest.name,
                 self.steps_done,
                 len(plan.steps),
@@ -339,7 +362,11 @@ class TrainLoop:
         total = int(per_step.sum())
         resumed_at = plan.samples_done(self.steps_done)
         bar = tqdm(
-            total=total, initial=resumed_at, desc=self.name, unit="sample", disable=not self.show
+            total=total,
+            initial=resumed_at,
+            desc=self.args.name,
+            unit="sample",
+            disable=not self.args.show_progress,
         )
         tenth = max(1, len(plan.steps) // 10)
         start = time.time() - self.train_time
@@ -348,13 +375,13 @@ class TrainLoop:
             step = self.steps_done
             micros = plan.steps[step]
             for ids in micros:
-                with mixed_precision(self.model, self.autocast), self.compiled.active():
+                with mixed_precision(self.model, self.args.autocast), self.compiled.active():
                     loss = loss_fn(step, ids)
                 (loss / len(micros)).backward()
                 self.losses.append(float(loss.detach()))
-            if self.max_grad_norm:
+            if self.args.max_grad_norm:
                 params = [p for g in self.optimizer.param_groups for p in g["params"]]
-                torch.nn.utils.clip_grad_norm_(params, float(self.max_grad_norm))
+                torch.nn.utils.clip_grad_norm_(params, self.args.max_grad_norm)
             self.optimizer.step()
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
@@ -388,7 +415,7 @@ class TrainLoop:
         self.logged_losses = len(self.losses)
         logger.info(
             "%s: step %d/%d, %d/%d samples, loss %.4f, lr %.3e, %.2f samples/s",
-            self.name,
+            self.args.name,
             self.steps_done,
             len(plan.steps),
             done,
@@ -406,10 +433,11 @@ class TrainLoop:
             for name in names:
                 self.checkpoint(name)
             return
-        if not self.every:
+        every = self.args.checkpoint_every
+        if not every:
             return
         done, before = plan.samples_done(self.steps_done), plan.samples_done(self.steps_done - 1)
-        if done // self.every > before // self.every:
+        if done // every > before // every:
             self._drop_rolling(self.checkpoint(f"{ROLLING}{self.steps_done:08d}"))
 
 

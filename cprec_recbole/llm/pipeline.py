@@ -27,15 +27,14 @@ from cprec_recbole.data.prepare import PreparedData
 from cprec_recbole.data.windows import sliding_windows
 from cprec_recbole.errors import ConfigError
 from cprec_recbole.evaluation import first_pick_positions
-from cprec_recbole.io import write_atomic
 from cprec_recbole.llm.backbone import BACKBONE_KEYS, add_lora, add_special_tokens, load_backbone
-from cprec_recbole.llm.batching import LLMSample, prompt_titles
-from cprec_recbole.llm.inference import EvalContext, item_embedding_context, output_metrics
+from cprec_recbole.llm.batching import LLMSample, RenderContext, prompt_titles
+from cprec_recbole.llm.inference import item_embedding_context, output_metrics
 from cprec_recbole.llm.loop import ADAPTER, CHECKPOINTS, load_adapter
 from cprec_recbole.llm.names import REC_MODEL
 from cprec_recbole.llm.projector import Projector
 from cprec_recbole.llm.schedulers import schedule_keys
-from cprec_recbole.llm.sft import SFTSetup, fine_tune, load_trainable_state
+from cprec_recbole.llm.sft import SFTSetup, SFTTrainer, load_fine_tuned, save_fine_tuned
 from cprec_recbole.plugins import Plugins
 from cprec_recbole.rec_model import train_rec_model
 from cprec_recbole.results import write_ranks, write_results
@@ -95,7 +94,7 @@ LLM_USES = (
 VALID_SCORING = {"score_rule": "valid_score_rule", "score_max_tokens": "valid_score_max_tokens"}
 
 
-def validation_context(ctx: EvalContext) -> EvalContext:
+def validation_context(ctx: RenderContext) -> RenderContext:
     """The eval context SFT validates with: its ``valid_score_*`` keys in place of ``score_*``."""
     return replace(
         ctx, config=ctx.config.updated({k: ctx.config[v] for k, v in VALID_SCORING.items()})
@@ -223,7 +222,7 @@ class LLMRecommender:
             model = add_lora(model, self.config)
         if self.cpt_folder is not None:
             load_adapter(model, self.cpt_adapter())
-        ctx = EvalContext(
+        ctx = RenderContext(
             self.template,
             titles,
             self.item_index,
@@ -264,20 +263,31 @@ class LLMRecommender:
         )
 
     # ---------------------------------------------------------------- run
+    def validator(self, tokenizer, ctx: RenderContext):
+        """SFT's validation: ``valid_inference`` on the validation users, their metrics."""
+        samples = self.eval_samples("valid", "valid_users")
+        evaluator = self.plugins.evaluators.get(self.config["valid_inference"])
+        buckets = self.config["sparsity_buckets"]
+
+        def validate(model) -> dict:
+            return output_metrics(evaluator(model, tokenizer, samples, ctx), samples, buckets)
+
+        return validate
+
     def _sft(self, folder: Path) -> dict:
         model, tokenizer, ctx = self.load()
+        valid_ctx = validation_context(ctx)
         setup = SFTSetup(
             tokenizer,
             self.template,
             self.text_template,
-            validation_context(ctx),
+            valid_ctx,
             self.epoch_samples(self.train_windows()),
-            self.eval_samples("valid", "valid_users"),
-            self.plugins.evaluators.get(self.config["valid_inference"]),
+            self.validator(tokenizer, valid_ctx),
             self.plugins.schedulers.get(self.config["lr_scheduler"]),
         )
-        metrics, best = fine_tune(model, ctx.projector, setup, self.config, folder)
-        write_atomic(folder / "trainable.pt", lambda tmp: torch.save(best, tmp))
+        metrics = SFTTrainer(model, ctx.projector, setup, self.config, folder).train()
+        save_fine_tuned(folder, model, ctx.projector)
         self._loaded = (model, tokenizer, ctx)
         return metrics
 
@@ -299,8 +309,7 @@ class LLMRecommender:
         if loaded is None:
             loaded = self.load()
             if sft is not None:
-                state = torch.load(sft / "trainable.pt", map_location="cpu")
-                load_trainable_state(loaded[0], loaded[2].projector, state)
+                load_fine_tuned(sft, loaded[0], loaded[2].projector)
         merge = getattr(loaded[0], "merge_and_unload", None)  # a peft model
         if self.config.get("merge_lora", True) and merge is not None:
             loaded = (merge(), *loaded[1:])
@@ -360,8 +369,10 @@ SFT = Stage(
     uses=LLM_USES,
     needs=("data", "rec_model", "cpt"),
     build=_build_sft,
+    # 2: the projector trains in fp32 on a bf16 backbone (was bf16);
+    # 3: the artifact is peft's adapter folder + projector.safetensors (was trainable.pt)
+    version=3,
     resumable=True,
-    version=2,  # 2: the projector trains in fp32 on a bf16 backbone (was bf16)
 )
 #: Ranks of the test users' candidates; the model's results.
 EVAL = Stage(

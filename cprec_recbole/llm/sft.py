@@ -21,70 +21,32 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.nn.utils.rnn import pad_sequence
 
-from cprec_recbole.llm.batching import IGNORE_INDEX, EncodedBatch, LLMSample, encode_batch
-from cprec_recbole.llm.inference import EvalContext, candidate_scores, output_metrics
-from cprec_recbole.llm.loop import Plan, TrainLoop, adam, batch_steps
+from cprec_recbole.io import write_atomic, write_atomic_dir
+from cprec_recbole.llm.batching import EncodedBatch, LLMSample, RenderContext, encode_batch
+from cprec_recbole.llm.loop import (
+    ADAPTER,
+    LoopArguments,
+    Plan,
+    TrainLoop,
+    adam,
+    batch_steps,
+    load_adapter,
+    save_adapter,
+)
+from cprec_recbole.llm.losses import answer_loss, listwise_loss
 from cprec_recbole.llm.names import SFT_OBJECTIVES
-from cprec_recbole.llm.projector import embed_batch, model_device
+from cprec_recbole.llm.projector import model_device
 from cprec_recbole.llm.prompts import PromptTemplate
 from cprec_recbole.stages import peak_memory_mb
 
 logger = logging.getLogger(__name__)
+PROJECTOR = "projector.safetensors"
 
 
 def hybrid_probability(step: int, total_steps: int) -> float:
     """Probability that a training sample uses the hybrid prompt at optimizer ``step``."""
     return min(1.0, step / max(total_steps - 1, 1))
-
-
-def answer_span(labels: torch.Tensor) -> int:
-    """How many trailing columns hold answer labels (rows are left padded: answers end rows)."""
-    labelled = (labels != IGNORE_INDEX).any(0).nonzero()
-    if len(labelled) == 0:
-        raise ValueError("the batch has no answer tokens to learn")
-    return labels.shape[1] - int(labelled[0])
-
-
-def answer_loss(
-    model: nn.Module, batch, item_embeddings: torch.Tensor | None, projector: nn.Module | None
-) -> torch.Tensor:
-    """Causal-LM loss on the answer tokens, with item embeddings injected at the placeholders.
-
-    The LM head runs only where it predicts an answer token: over the prompt it cost a tenth of a
-    CPU training step (a 49k-way softmax per position) for labels that are all ignored.
-    """
-    embeds = embed_batch(model, batch, item_embeddings, projector)
-    span = answer_span(batch.labels)
-    logits = model(
-        inputs_embeds=embeds,
-        attention_mask=batch.attention_mask,
-        position_ids=batch.position_ids,  # as in generation and scoring (left padding)
-        logits_to_keep=span + 1,
-    ).logits
-    return nn.functional.cross_entropy(
-        logits[:, :-1].flatten(0, 1).float(),
-        batch.labels[:, -span:].flatten(),
-        ignore_index=IGNORE_INDEX,
-    )
-
-
-def listwise_loss(
-    model: nn.Module,
-    tokenizer,
-    samples: Sequence[LLMSample],
-    prompts: EncodedBatch,
-    ctx: EvalContext,
-) -> Tensor:
-    """Cross-entropy of each sample's positive among its candidates' scores, computed by
-    ``candidate_scores`` with ``ctx``'s score rule: it trains the ranking that ``score`` reads,
-    where the answer loss only raises the positive's likelihood, whatever the negatives'."""
-    counts = [len(s.candidates) for s in samples]
-    scores = candidate_scores(model, tokenizer, samples, ctx, prompts).split(counts)
-    rows = pad_sequence(list(scores), batch_first=True, padding_value=-math.inf)
-    target = torch.tensor([s.candidates.index(s.target) for s in samples], device=rows.device)
-    return nn.functional.cross_entropy(rows, target)
 
 
 def objective_weights(config: Mapping[str, Any]) -> dict[str, float]:
@@ -154,15 +116,16 @@ def load_trainable_state(model: nn.Module, projector: nn.Module | None, state: d
 
 @dataclass
 class SFTSetup:
-    """Everything the loop needs besides the model."""
+    """Everything SFT needs besides the model and the config. ``validate(model)`` returns the
+    validation metrics (``hr@1``, ``valid_ratio``...): the caller evaluates, so training does
+    not import evaluation."""
 
     tokenizer: object
     template: PromptTemplate
     text_template: PromptTemplate | None
-    ctx: EvalContext
+    ctx: RenderContext
     epoch_samples: Callable[[int], Sequence[LLMSample]]
-    valid_samples: Sequence[LLMSample]
-    evaluator: Callable
+    validate: Callable[[nn.Module], dict]
     scheduler_factory: Callable
 
 
@@ -206,86 +169,63 @@ def sft_plan(n_samples: int, epochs: int, micro: int, accumulate: int, seed: int
     return Plan(steps, checkpoints)
 
 
-def _valid(model, setup: SFTSetup, config: dict) -> dict:
-    out = setup.evaluator(model, setup.tokenizer, setup.valid_samples, setup.ctx)
-    return output_metrics(out, setup.valid_samples, config["sparsity_buckets"])
-
-
 def curriculum_choice(seed: int, step: int, first_id: int, n: int, p: float) -> np.ndarray:
     """Which of a micro-batch's ``n`` samples get the hybrid prompt: seeded by the step and the
     micro-batch, so a resumed run draws the same without carrying generator state."""
     return np.random.default_rng([seed, step, first_id]).random(n) < p
 
 
-def fine_tune(
-    model: nn.Module, projector: nn.Module | None, setup: SFTSetup, config: dict, folder: Path
-) -> tuple[dict, dict]:
-    """Train on the shared loop, validate at each epoch end, end on the best state
-    (valid hr@1 x valid_ratio). Resumes from ``folder``'s newest checkpoint.
+class SFTTrainer:
+    """SFT on the shared loop: validate at each epoch end, end on the best state (valid hr@1 x
+    valid_ratio), resume from ``folder``'s newest checkpoint. Building it trains nothing."""
 
-    Returns the per-epoch history (loss, valid metrics, wall time, peak memory) and that state.
-    """
-    micro = int(config["micro_batch_size"])
-    accumulate = max(1, math.ceil(int(config["train_batch_size"]) / micro))
-    seed = int(config["seed"])
-    weights = objective_weights(config)  # a bad objective fails before any training
-    n = len(setup.epoch_samples(0))
-    plan = sft_plan(n, int(config["epochs"]), micro, accumulate, seed)
-    total = len(plan.steps)
-    optimizer = adam(model, projector, float(config["learning_rate"]), config["projector_decay"])
-    warmup = int(float(config.get("warmup_ratio", 0.05)) * total)
-    scheduler = setup.scheduler_factory(optimizer, {"warmup": warmup, "total": total}, config)
-    validation = Validation()
-    loop = TrainLoop(
-        model,
-        projector,
-        optimizer,
-        scheduler,
-        folder,
-        "sft",
-        config.get("checkpoint_every"),
-        bool(config.get("show_progress", True)),
-        validation,
-        max_grad_norm=config.get("max_grad_norm"),
-        autocast=bool(config["autocast"]),
-        compile=bool(config["compile"]),
-    )
-    cache: dict[int, Sequence[LLMSample]] = {}
+    def __init__(
+        self,
+        model: nn.Module,
+        projector: nn.Module | None,
+        setup: SFTSetup,
+        config: Mapping[str, Any],
+        folder: Path,
+    ):
+        self.model, self.projector, self.setup = model, projector, setup
+        self.weights = objective_weights(config)  # a bad objective fails before any training
+        self.seed, self.patience = int(config["seed"]), int(config["stopping_step"])
+        micro = int(config["micro_batch_size"])
+        accumulate = max(1, math.ceil(int(config["train_batch_size"]) / micro))
+        self.n = len(setup.epoch_samples(0))
+        self.plan = sft_plan(self.n, int(config["epochs"]), micro, accumulate, self.seed)
+        total = len(self.plan.steps)
+        optimizer = adam(
+            model, projector, float(config["learning_rate"]), config["projector_decay"]
+        )
+        warmup = int(float(config.get("warmup_ratio", 0.05)) * total)
+        scheduler = setup.scheduler_factory(optimizer, {"warmup": warmup, "total": total}, config)
+        self.validation = Validation()
+        args = LoopArguments.from_config("sft", config)
+        self.loop = TrainLoop(model, projector, optimizer, scheduler, folder, args, self.validation)
+        self._epoch: tuple[int, Sequence[LLMSample]] | None = None
 
-    def samples_of(epoch: int) -> Sequence[LLMSample]:
-        if epoch not in cache:
-            cache.clear()
-            cache[epoch] = list(setup.epoch_samples(epoch))
-        return cache[epoch]
+    def samples_of(self, epoch: int) -> Sequence[LLMSample]:
+        """The epoch's samples (candidates redrawn every epoch), kept while the epoch lasts."""
+        if self._epoch is None or self._epoch[0] != epoch:
+            self._epoch = (epoch, list(self.setup.epoch_samples(epoch)))
+        return self._epoch[1]
 
-    def loss_fn(step: int, ids: list[int]) -> torch.Tensor:
-        epoch = ids[0] // n
-        part = [samples_of(epoch)[i - epoch * n] for i in ids]
-        hybrid = True
-        if setup.text_template is not None:
-            p = hybrid_probability(step, total)
-            hybrid = torch.from_numpy(curriculum_choice(seed, step, ids[0], len(part), p))
-        return sft_loss(model, setup, part, hybrid, weights)
+    def loss(self, step: int, ids: list[int]) -> Tensor:
+        """One micro-batch's loss; sample id ``epoch * n + i`` is sample i of that epoch."""
+        epoch = ids[0] // self.n
+        part = [self.samples_of(epoch)[i - epoch * self.n] for i in ids]
+        hybrid: Tensor | bool = True
+        if self.setup.text_template is not None:
+            p = hybrid_probability(step, len(self.plan.steps))
+            hybrid = torch.from_numpy(curriculum_choice(self.seed, step, ids[0], len(part), p))
+        return sft_loss(self.model, self.setup, part, hybrid, self.weights)
 
-    def end_of_epoch(name: str, steps_done: int) -> bool:
+    def end_of_epoch(self, name: str, steps_done: int) -> bool:
+        """Validate, record the epoch (and the best weights); True = stop early."""
         epoch = int(name.rsplit("-", 1)[1])
-        seen, began = validation.epoch_start
-        losses = loop.losses[seen:]
-        train_time = loop.train_time - began
-        model.eval()
-        start = time.time()
-        valid = _valid(model, setup, config)
-        model.train()
-        record = {
-            "epoch": epoch,
-            "train_loss": sum(losses) / max(len(losses), 1),
-            "train_time_s": round(train_time, 2),
-            "train_samples_per_s": round(n / max(train_time, 1e-9), 3),
-            "valid_time_s": round(time.time() - start, 2),
-            "peak_memory_mb": peak_memory_mb(),
-            "valid": valid,
-            "hybrid_probability": hybrid_probability(steps_done - 1, total),
-        }
+        record = self._epoch_record(epoch, steps_done)
+        valid = record["valid"]
         logger.info(
             "sft epoch %d: loss %.4f, valid hr@1 %.4f, valid_ratio %.4f",
             epoch,
@@ -293,22 +233,65 @@ def fine_tune(
             valid["hr@1"],
             valid["valid_ratio"],
         )
-        validation.epoch_start = (len(loop.losses), loop.train_time)
-        stop = validation.record(record, model, projector, int(config["stopping_step"]))
+        self.validation.epoch_start = (len(self.loop.losses), self.loop.train_time)
+        stop = self.validation.record(record, self.model, self.projector, self.patience)
         if stop:
             logger.info("sft: early stop after epoch %d", epoch)
         return stop
 
-    train = loop.run(plan, loss_fn, end_of_epoch)
-    load_trainable_state(model, projector, validation.best)
-    history = validation.history
-    return {
-        "epochs": history,
-        "best_valid": history[_best_epoch(history)]["valid"],
-        "total_steps": total,
-        "steps_done": train["steps_done"],
-        "resumed_at_samples": train["resumed_at_samples"],
-    }, validation.best
+    def _epoch_record(self, epoch: int, steps_done: int) -> dict:
+        seen, began = self.validation.epoch_start
+        losses = self.loop.losses[seen:]
+        train_time = self.loop.train_time - began
+        self.model.eval()
+        start = time.time()
+        valid = self.setup.validate(self.model)
+        self.model.train()
+        return {
+            "epoch": epoch,
+            "train_loss": sum(losses) / max(len(losses), 1),
+            "train_time_s": round(train_time, 2),
+            "train_samples_per_s": round(self.n / max(train_time, 1e-9), 3),
+            "valid_time_s": round(time.time() - start, 2),
+            "peak_memory_mb": peak_memory_mb(),
+            "valid": valid,
+            "hybrid_probability": hybrid_probability(steps_done - 1, len(self.plan.steps)),
+        }
+
+    def train(self) -> dict:
+        """Run the plan, then load the best epoch's weights; returns the per-epoch history
+        (loss, valid metrics, wall time, peak memory) and the best validation."""
+        train = self.loop.run(self.plan, self.loss, self.end_of_epoch)
+        load_trainable_state(self.model, self.projector, self.validation.best)
+        history = self.validation.history
+        return {
+            "epochs": history,
+            "best_valid": history[_best_epoch(history)]["valid"],
+            "total_steps": len(self.plan.steps),
+            "steps_done": train["steps_done"],
+            "resumed_at_samples": train["resumed_at_samples"],
+        }
+
+
+def save_fine_tuned(folder: Path, model: nn.Module, projector: nn.Module | None) -> None:
+    """SFT's artifact: the LoRA adapters in peft's format (``adapter/``, which
+    ``PeftModel.from_pretrained(backbone, folder / "adapter")`` loads) and the projector's
+    weights (``projector.safetensors``), each written atomically."""
+    from safetensors.torch import save_file
+
+    write_atomic_dir(folder / ADAPTER, lambda tmp: save_adapter(model, tmp))
+    if projector is not None:
+        state = {k: v.detach().cpu().contiguous() for k, v in projector.state_dict().items()}
+        write_atomic(folder / PROJECTOR, lambda tmp: save_file(state, str(tmp)))
+
+
+def load_fine_tuned(folder: Path, model: nn.Module, projector: nn.Module | None) -> None:
+    """Load :func:`save_fine_tuned`'s artifact into a LoRA-wrapped model and its projector."""
+    from safetensors.torch import load_file
+
+    load_adapter(model, folder / ADAPTER)
+    if projector is not None:
+        projector.load_state_dict(load_file(str(folder / PROJECTOR)))
 
 
 def _best_epoch(history: list[dict]) -> int:
