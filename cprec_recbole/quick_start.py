@@ -11,10 +11,12 @@ from typing import Any
 
 import yaml
 
+from cprec_recbole import distributed
 from cprec_recbole.command import setup
 from cprec_recbole.logs import setup_logging
 from cprec_recbole.pipeline import PipelineRun, run_pipeline
 from cprec_recbole.results import table
+from cprec_recbole.run_config import RunConfig
 from cprec_recbole.stages import PlanEntry, planning
 
 logger = logging.getLogger(__name__)
@@ -31,7 +33,9 @@ def run(
     """Run ``model`` on ``dataset`` end to end; returns the results dict (valid and test
     metrics, ``folder``: the stage holding them, ``stages``: every stage's folder)."""
     config, plugins, plugin_files = setup(model, dataset, config_files, overrides, plugin_files)
-    setup_logging(Path(config["output_dir"]) / "log", f"{model}-{dataset}")
+    launch(config)
+    rank = f"-rank{distributed.rank()}" if distributed.world_size() > 1 else ""
+    setup_logging(Path(config["output_dir"]) / "log", f"{model}-{dataset}{rank}")
     logger.info(
         "config of this run:\n%s", yaml.safe_dump(config.as_dict(), sort_keys=True).rstrip()
     )
@@ -48,6 +52,20 @@ def run(
     results = results_of(run_pipeline(model, config, plugins, force))
     logger.info("results in %s\n%s", results["folder"], table(results))
     return results
+
+
+def launch(config: RunConfig) -> None:
+    """What a data-parallel launch needs, checked before anything is written (a world size
+    that divides each step's micro-batches, the device, a local backbone folder), then the
+    ranks' process group joined (a no-op in one process)."""
+    distributed.check_world_size(config, distributed.launched_world_size())
+    cuda = False
+    if config.get("llm_backbone") is not None:  # an LLM model: its device and backbone
+        from cprec_recbole.llm.backbone import check_local_path, resolve_device
+
+        check_local_path(config)
+        cuda = resolve_device(config).type == "cuda"
+    distributed.init_from_env(cuda)
 
 
 def results_of(run: PipelineRun) -> dict:

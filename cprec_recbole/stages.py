@@ -10,6 +10,11 @@ so a stage killed midway has none. It is then redone from an emptied folder, or,
 ``resumable`` stage (LLM training, which checkpoints into its folder), continued from it.
 Processes that ask for the same stage at once (Ray Tune trials, parallel experiments) take turns
 on a lock file in the folder: one builds, the others wait and then reuse its result.
+
+Under a data-parallel launch (N ranks, :mod:`cprec_recbole.distributed`) rank 0 alone decides,
+locks and writes folders and manifests: a ``distributed`` stage (LLM training, evaluation) is
+built by every rank together, any other by rank 0 while the others wait at a barrier and then
+read its folder.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from cprec_recbole import distributed
 from cprec_recbole.errors import ConfigError
 from cprec_recbole.io import write_json
 from cprec_recbole.run_config import RunConfig, reading, tracked
@@ -120,6 +126,7 @@ class Stage:
     the keys whose values decide the result (hashed), ``uses`` keys it reads that do not (where
     things live, progress bars, checkpoint cadence); ``needs`` the stages whose folders it reads,
     whose hashes join its own. Bump ``version`` when the build's code changes what it computes.
+    ``distributed``: every rank of a data-parallel launch runs the build (each its share).
     """
 
     name: str
@@ -129,6 +136,7 @@ class Stage:
     uses: tuple[str, ...] = ()
     version: int = 1
     resumable: bool = False
+    distributed: bool = False
 
     def allowed(self, extra: Iterable[str] = ()) -> frozenset[str] | None:
         """The keys its build may read (None: all)."""
@@ -330,13 +338,25 @@ def run_stage(
     if entries is not None:
         _plan(stage.name, folder, entries, force)
         return folder
-    if _reusable(stage.name, folder, force):
-        return folder
-    with stage_lock(stage.name, folder):
-        if not _reusable(stage.name, folder, force):  # else another process built it meanwhile
-            if force or not stage.resumable:
-                _empty(folder)
+    if distributed.world_size() > 1 and stage.distributed:
+        if distributed.broadcast(
+            distributed.is_main() and not _reusable(stage.name, folder, force)
+        ):
+            with distributed.main_first() as main:  # no lock: the ranks are one run
+                if main:
+                    folder.mkdir(parents=True, exist_ok=True)
+                    if force or not stage.resumable:
+                        _empty(folder)
             _build(stage, keys, config, folder, extra, context)
+            distributed.barrier()
+        return folder
+    with distributed.main_first() as main:  # one process: main, and no barrier
+        if main and not _reusable(stage.name, folder, force):
+            with stage_lock(stage.name, folder):
+                if not _reusable(stage.name, folder, force):  # else another process built it
+                    if force or not stage.resumable:
+                        _empty(folder)
+                    _build(stage, keys, config, folder, extra, context)
     return folder
 
 
@@ -365,6 +385,11 @@ def _build(
     start = time.time()
     with reading(stage.name, stage.allowed(extra)) as read:
         metrics = stage.build(folder, config, **context) or {}
+    if distributed.is_main():  # the others wait for it where they wait for the build
+        _write_manifest(stage, keys, config, folder, read, metrics, start)
+
+
+def _write_manifest(stage, keys, config, folder, read, metrics, start) -> None:
     write_json(
         folder / MANIFEST,
         {
@@ -374,7 +399,7 @@ def _build(
             "run_config": config.as_dict(),
             "versions": versions(),
             "machine": machine(),
-            "world_size": int(os.environ.get("WORLD_SIZE", "1")),
+            "world_size": distributed.world_size(),
             "metrics": dict(metrics),
             "files": file_digests(folder),
             "wall_time_s": round(time.time() - start, 2),

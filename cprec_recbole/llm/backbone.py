@@ -246,6 +246,21 @@ def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase, name: str = "backbone"
     tokenizer.padding_side = "left"
 
 
+def check_local_path(config: dict) -> None:
+    """Refuse, before anything is built, an ``llm_path`` that names a local folder holding no
+    model (a typo would otherwise surface only once the stages before the LLM's have run)."""
+    source = config.get("llm_path")
+    if not source or not _looks_local(str(source)):
+        return
+    folder = Path(str(source)).expanduser()
+    if not (folder / "config.json").is_file():
+        why = "has no config.json" if folder.is_dir() else "does not exist"
+        raise ConfigError(
+            f"config key 'llm_path': the folder {folder} {why}; point it at a folder saved by "
+            "transformers' save_pretrained, or at a hub id"
+        )
+
+
 def backbone_cache_dir(config: dict) -> Path:
     """Where converted backbones are kept: ``backbone_cache`` or ``<output_dir>/backbones``."""
     cache = config.get("backbone_cache")

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cprec_recbole import distributed
 from cprec_recbole.data.corpus import (
     CORPUS,
     Corpus,
@@ -244,9 +245,9 @@ class CPT:
         eta_h = float(config["eta_h"])
         optimizer = adam(model, None, eta_h)
         scheduler = self.factory(optimizer, step_phases, self._schedule_config())
-        if config.get("plot_schedule"):
+        if config.get("plot_schedule") and distributed.is_main():
             self._plot(folder, plan, step_phases)
-        args = LoopArguments.from_config("cpt", config)
+        args = LoopArguments.from_config("cpt", config, int(config["cpt_seed"]))
         loop = TrainLoop(model, None, optimizer, scheduler, folder, args)
         device = model_device(model)
 
@@ -257,7 +258,8 @@ class CPT:
             return answer_loss(model, batch, None, None)
 
         train = loop.run(plan, loss_fn)
-        save_adapter(model, folder / ADAPTER)
+        if distributed.is_main():
+            save_adapter(model, folder / ADAPTER)
         keep_backbone(model.unload(), tokenizer)  # SFT in this process starts from this base
         mixed = int((corpus.phase[order] == 1).sum())
         return {
@@ -303,8 +305,8 @@ class CPT:
         would take identically: the same micro-batches and the same rate at every step before it.
         The copy is the state this run would reach there (restoring a checkpoint continues
         bit-identically, as the resume test checks); the rate for the next step is this run's."""
-        if checkpoints(folder / CHECKPOINTS):
-            return None  # this run's own checkpoints: a resume
+        if checkpoints(folder / CHECKPOINTS) or not distributed.is_main():
+            return None  # this run's own checkpoints: a resume; or rank 0 copies them
         best: tuple[int, Path] | None = None
         for variant in VARIANTS:
             other = self.config.updated(cpt_variant=variant)
@@ -390,7 +392,7 @@ class CPT:
         plan = Plan([[[]] for _ in range(done["stable"])] + anneal.steps)
         plan.checkpoints = {len(plan.steps): ["annealing"]}
         target = folder / CHECKPOINTS / "stable"
-        if not any((folder / CHECKPOINTS).glob("[!.]*")):
+        if not any((folder / CHECKPOINTS).glob("[!.]*")) and distributed.is_main():
             shutil.copytree(stable, target)
         step_phases = {"warmup": done["warmup"], "stable": done["stable"], "total": len(plan.steps)}
         return mixed, phases, plan, step_phases
@@ -442,7 +444,9 @@ CPT_STAGE = Stage(
     ),
     needs=("corpus",),
     build=_build_cpt,
+    version=2,  # dropout masks seeded by (cpt_seed, step, micro-batch), as N ranks draw them
     resumable=True,
+    distributed=True,
 )
 
 

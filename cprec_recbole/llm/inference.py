@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from cprec_recbole import distributed
 from cprec_recbole.errors import ConfigError
 from cprec_recbole.evaluation import INVALID, UNRANKED, evaluate_ranks, ranks_from_scores
 from cprec_recbole.llm.batching import (
@@ -122,6 +123,32 @@ def length_batches(lengths: Sequence[int], size: int) -> list[list[int]]:
 def _batches(tokenizer, samples: Sequence[LLMSample], ctx: RenderContext) -> list[list[int]]:
     lengths = prompt_lengths(tokenizer, ctx.template, samples, ctx.titles, ctx.noun)
     return length_batches(lengths, int(ctx.config.get("eval_batch_users", 4)))
+
+
+def evaluate_sharded(
+    evaluator: Evaluator, model: nn.Module, tokenizer, samples: Sequence[LLMSample], ctx
+) -> EvalOutput:
+    """``evaluator`` over N data-parallel ranks: the length-sorted batches one process would
+    make are dealt round-robin, so every model call is one a single process makes and ranks are
+    identical; the ranks' outputs are gathered into one, in ``samples``' order, on every rank."""
+    if distributed.world_size() == 1:
+        return evaluator(model, tokenizer, samples, ctx)
+    mine = [u for batch in distributed.my_share(_batches(tokenizer, samples, ctx)) for u in batch]
+    out = evaluator(model, tokenizer, [samples[u] for u in mine], ctx)
+    return merge_outputs(distributed.gather((mine, out)), len(samples))
+
+
+def merge_outputs(parts: Sequence[tuple[list[int], EvalOutput]], n: int) -> EvalOutput:
+    """One output from per-shard outputs (each with the sample indices it holds)."""
+    ranks, valid = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=bool)
+    answers, picks = [""] * n, [[] for _ in range(n)]
+    for indices, out in parts:
+        ranks[indices], valid[indices] = out.ranks, out.valid
+        for j, u in enumerate(indices):
+            answers[u] = out.answers[j]
+            picks[u] = out.picks[j] if out.picks else []
+    keep_picks = any(out.picks for _, out in parts)
+    return EvalOutput(ranks, valid, answers, picks if keep_picks else [])
 
 
 def _progress(config: Mapping[str, Any], total: int, desc: str) -> tqdm:

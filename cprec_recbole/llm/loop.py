@@ -2,12 +2,17 @@
 
 A :class:`Plan` lists each optimizer step's micro-batches (sample ids). It is a pure function of
 the config and seeds, so a resumed run rebuilds the same plan and continues at the saved cursor.
-Randomness inside a step (LoRA dropout) comes from the global torch RNG, whose state every
-checkpoint holds; the caller's own per-step draws (SFT's curriculum) are seeded by step, so they
-need no state. A checkpoint holds everything a resume needs: LoRA adapters in peft's format, the
-projector, optimizer, scheduler, RNG states, the cursor and the caller's state (SFT: validation
-history and best weights). It is written to a temporary folder and renamed, so a kill at any
-moment leaves the previous checkpoint intact.
+Randomness inside a step (LoRA dropout) is a pure function of (seed, step, micro-batch index):
+each micro-batch runs on a forked torch RNG seeded so, so a resumed run, and N data-parallel
+ranks that each take every N-th micro-batch of a step, draw the very masks one process draws;
+the caller's own per-step draws (SFT's curriculum) are seeded by step too. With N ranks
+(:mod:`cprec_recbole.distributed`) each backpropagates its share of a step's micro-batches, the
+gradients are summed over the ranks before clipping and the optimizer step, and rank 0 alone
+writes checkpoints; a checkpoint records the world size it was written at, and a resume at
+another world size is refused. A checkpoint holds everything a resume needs: LoRA adapters in
+peft's format, the projector, optimizer, scheduler, RNG states, the cursor and the caller's
+state (SFT: validation history and best weights). It is written to a temporary folder and
+renamed, so a kill at any moment leaves the previous checkpoint intact.
 
 Why not ``transformers.Trainer`` / accelerate's ``save_state``: both checkpoint the whole model's
 state dict (the frozen backbone included: 0.5 GB for SmolLM2, 13 GB for LLaMA-2-7B per
@@ -36,6 +41,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from cprec_recbole import distributed
 from cprec_recbole.errors import ConfigError
 from cprec_recbole.io import write_atomic_dir
 from cprec_recbole.stages import peak_memory_mb
@@ -239,6 +245,7 @@ class LoopArguments:
     """How the loop trains, whatever it trains: one object built from the config in one place
     (as transformers' ``TrainingArguments``), not loose parameters cast by each caller.
 
+    ``seed`` seeds each micro-batch's randomness (with the step and the micro-batch's index);
     ``max_grad_norm`` clips the gradient norm of each step (as HF's Trainer does by default);
     ``checkpoint_every`` writes a rolling checkpoint every that many samples; ``compile`` runs
     the training forward through :class:`CompiledDecoder`; ``autocast`` through
@@ -251,12 +258,14 @@ class LoopArguments:
     max_grad_norm: float | None = None
     autocast: bool = False
     compile: bool = False
+    seed: int = 0
 
     @classmethod
-    def from_config(cls, name: str, config: Mapping[str, Any]) -> LoopArguments:
+    def from_config(cls, name: str, config: Mapping[str, Any], seed: int) -> LoopArguments:
         every, norm = config.get("checkpoint_every"), config.get("max_grad_norm")
         return cls(
             name,
+            seed=seed,
             checkpoint_every=None if every is None else int(every),
             show_progress=bool(config.get("show_progress", True)),
             max_grad_norm=None if norm is None else float(norm),
@@ -295,7 +304,13 @@ class TrainLoop:
 
     # ------------------------------------------------------------------ checkpoints
     def checkpoint(self, name: str) -> Path:
-        return write_atomic_dir(self.folder / name, self._write_checkpoint)
+        """Rank 0 writes the checkpoint (every rank holds the same weights and optimizer state);
+        the others wait until it is whole."""
+        path = self.folder / name
+        with distributed.main_first() as main:
+            if main:
+                write_atomic_dir(path, self._write_checkpoint)
+        return path
 
     def _write_checkpoint(self, tmp: Path) -> None:
         save_adapter(self.model, tmp / ADAPTER)
@@ -313,7 +328,8 @@ class TrainLoop:
             },
             tmp / STATE,
         )
-        (tmp / CURSOR).write_text(json.dumps({"steps_done": self.steps_done}))
+        cursor = {"steps_done": self.steps_done, "world_size": distributed.world_size()}
+        (tmp / CURSOR).write_text(json.dumps(cursor))
 
     def latest(self) -> Path | None:
         """The checkpoint furthest into training (by its step count), if any."""
@@ -321,6 +337,13 @@ class TrainLoop:
         return max(found)[1] if found else None
 
     def restore(self, path: Path) -> None:
+        written_at = json.loads((path / CURSOR).read_text()).get("world_size", 1)
+        if written_at != distributed.world_size():
+            raise ConfigError(
+                f"{path}: this checkpoint was written by {written_at} process(es) and this run "
+                f"has {distributed.world_size()}: resume with {written_at} (torchrun "
+                f"--nproc_per_node {written_at}), or rebuild the stage with --force"
+            )
         saved = torch.load(path / STATE, map_location="cpu", weights_only=False)
         load_adapter(self.model, path / ADAPTER)
         if self.projector is not None and saved["projector"] is not None:
@@ -335,6 +358,8 @@ class TrainLoop:
         self.stopped, self.train_time = saved["stopped"], saved["train_time"]
 
     def _drop_rolling(self, keep: Path | None = None) -> None:
+        if not distributed.is_main():
+            return
         for path in self.folder.glob(f"{ROLLING}*"):
             if path != keep:
                 shutil.rmtree(path, ignore_errors=True)
@@ -347,6 +372,7 @@ class TrainLoop:
         on_checkpoint: Callable[[str, int], bool] | None = None,
     ) -> dict[str, Any]:
         """Train from the newest checkpoint (or the start) to the end of ``plan``."""
+        distributed.barrier()  # checkpoints rank 0 copied in before (a shared prefix) are whole
         latest = self.latest()
         if latest is not None:
             self.restore(latest)
@@ -373,12 +399,7 @@ class TrainLoop:
         self.model.train()
         while self.steps_done < len(plan.steps) and not self.stopped:
             step = self.steps_done
-            micros = plan.steps[step]
-            for ids in micros:
-                with mixed_precision(self.model, self.args.autocast), self.compiled.active():
-                    loss = loss_fn(step, ids)
-                (loss / len(micros)).backward()
-                self.losses.append(float(loss.detach()))
+            self._backward(step, plan.steps[step], loss_fn)
             if self.args.max_grad_norm:
                 params = [p for g in self.optimizer.param_groups for p in g["params"]]
                 torch.nn.utils.clip_grad_norm_(params, self.args.max_grad_norm)
@@ -408,6 +429,21 @@ class TrainLoop:
             "resumed_at_samples": resumed_at,
             "peak_memory_mb": peak_memory_mb(),
         }
+
+    def _backward(self, step: int, micros: list[list[int]], loss_fn) -> None:
+        """This rank's share of the step's micro-batches (every N-th), each on an RNG seeded by
+        (seed, step, index); gradients and losses then summed over the ranks."""
+        losses = torch.zeros(len(micros), dtype=torch.float64)
+        for k in range(distributed.rank(), len(micros), distributed.world_size()):
+            with micro_batch_rng(self.args.seed, step, k, self.model):
+                with mixed_precision(self.model, self.args.autocast), self.compiled.active():
+                    loss = loss_fn(step, micros[k])
+                (loss / len(micros)).backward()
+            losses[k] = float(loss.detach())
+        if distributed.world_size() > 1:
+            distributed.all_reduce_sum(losses)
+            all_reduce_gradients([p for g in self.optimizer.param_groups for p in g["params"]])
+        self.losses += losses.tolist()
 
     def _log(self, plan: Plan) -> None:
         done = plan.samples_done(self.steps_done)
@@ -439,6 +475,33 @@ class TrainLoop:
         done, before = plan.samples_done(self.steps_done), plan.samples_done(self.steps_done - 1)
         if done // every > before // every:
             self._drop_rolling(self.checkpoint(f"{ROLLING}{self.steps_done:08d}"))
+
+
+@contextmanager
+def micro_batch_rng(seed: int, step: int, index: int, model: nn.Module) -> Iterator[None]:
+    """The global torch RNG (LoRA dropout draws from it) seeded by (seed, step, micro-batch
+    index) inside the block and restored after it, so no state carries between micro-batches."""
+    device = next(model.parameters()).device
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(int(np.random.SeedSequence([seed, step, index]).generate_state(1)[0]))
+        yield
+
+
+def all_reduce_gradients(params: list[nn.Parameter]) -> None:
+    """Sum the parameters' gradients over the ranks in one all-reduce; a parameter that no rank
+    gave a gradient keeps none (as in one process, where the optimizer then skips it)."""
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flags = torch.tensor([p.grad is not None for p in params], dtype=grads[0].dtype)
+    flat = torch.cat([g.reshape(-1) for g in grads] + [flags.to(grads[0].device)])
+    distributed.all_reduce_sum(flat)
+    offset = 0
+    for p, g in zip(params, grads, strict=True):
+        p.grad = g.copy_(flat[offset : offset + g.numel()].view_as(g))
+        offset += g.numel()
+    for p, flag in zip(params, flat[offset:].tolist(), strict=True):
+        if not flag:
+            p.grad = None
 
 
 def adam(

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from cprec_recbole import distributed
 from cprec_recbole.compat import load_checkpoint
 from cprec_recbole.config import load_config
 from cprec_recbole.data.candidates import draw_candidate_sets
@@ -29,7 +30,7 @@ from cprec_recbole.errors import ConfigError
 from cprec_recbole.evaluation import first_pick_positions
 from cprec_recbole.llm.backbone import BACKBONE_KEYS, add_lora, add_special_tokens, load_backbone
 from cprec_recbole.llm.batching import LLMSample, RenderContext, prompt_titles
-from cprec_recbole.llm.inference import item_embedding_context, output_metrics
+from cprec_recbole.llm.inference import evaluate_sharded, item_embedding_context, output_metrics
 from cprec_recbole.llm.loop import ADAPTER, CHECKPOINTS, load_adapter
 from cprec_recbole.llm.names import REC_MODEL
 from cprec_recbole.llm.projector import Projector
@@ -270,7 +271,8 @@ class LLMRecommender:
         buckets = self.config["sparsity_buckets"]
 
         def validate(model) -> dict:
-            return output_metrics(evaluator(model, tokenizer, samples, ctx), samples, buckets)
+            out = evaluate_sharded(evaluator, model, tokenizer, samples, ctx)
+            return output_metrics(out, samples, buckets)
 
         return validate
 
@@ -287,7 +289,8 @@ class LLMRecommender:
             self.plugins.schedulers.get(self.config["lr_scheduler"]),
         )
         metrics = SFTTrainer(model, ctx.projector, setup, self.config, folder).train()
-        save_fine_tuned(folder, model, ctx.projector)
+        if distributed.is_main():
+            save_fine_tuned(folder, model, ctx.projector)
         self._loaded = (model, tokenizer, ctx)
         return metrics
 
@@ -323,7 +326,7 @@ class LLMRecommender:
         samples = self.eval_samples("test", "eval_users")
         evaluator = self.plugins.evaluators.get(self.config["inference"])
         start = time.time()
-        out = evaluator(model, tokenizer, samples, ctx)
+        out = evaluate_sharded(evaluator, model, tokenizer, samples, ctx)
         seconds = time.time() - start
         test = output_metrics(out, samples, self.config["sparsity_buckets"])
         ranks = {
@@ -336,7 +339,8 @@ class LLMRecommender:
         }
         if out.picks:
             ranks["top1"] = first_pick_positions([s.candidates for s in samples], out.picks)
-        write_ranks(folder, pd.DataFrame(ranks))
+        if distributed.is_main():
+            write_ranks(folder, pd.DataFrame(ranks))
         results = {
             "model": self.config["model"],
             "dataset": self.config["dataset"],
@@ -350,7 +354,8 @@ class LLMRecommender:
             "peak_memory_mb": peak_memory_mb(),
             "candidates_sha256": self.data.candidate_digests(),
         }
-        write_results(folder, results)
+        if distributed.is_main():
+            write_results(folder, results)
         return results
 
 
@@ -370,9 +375,11 @@ SFT = Stage(
     needs=("data", "rec_model", "cpt"),
     build=_build_sft,
     # 2: the projector trains in fp32 on a bf16 backbone (was bf16);
-    # 3: the artifact is peft's adapter folder + projector.safetensors (was trainable.pt)
-    version=3,
+    # 3: the artifact is peft's adapter folder + projector.safetensors (was trainable.pt);
+    # 4: each micro-batch's dropout masks seeded by (seed, step, index), as N ranks draw them
+    version=4,
     resumable=True,
+    distributed=True,
 )
 #: Ranks of the test users' candidates; the model's results.
 EVAL = Stage(
@@ -381,4 +388,5 @@ EVAL = Stage(
     uses=LLM_USES,
     needs=("data", "rec_model", "cpt", "sft"),
     build=_build_eval,
+    distributed=True,
 )

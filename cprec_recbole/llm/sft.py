@@ -201,7 +201,7 @@ class SFTTrainer:
         warmup = int(float(config.get("warmup_ratio", 0.05)) * total)
         scheduler = setup.scheduler_factory(optimizer, {"warmup": warmup, "total": total}, config)
         self.validation = Validation()
-        args = LoopArguments.from_config("sft", config)
+        args = LoopArguments.from_config("sft", config, self.seed)
         self.loop = TrainLoop(model, projector, optimizer, scheduler, folder, args, self.validation)
         self._epoch: tuple[int, Sequence[LLMSample]] | None = None
 
