@@ -1,14 +1,15 @@
 """Data parallelism over N processes: which rank this is, who writes, and the few collectives
 training and evaluation need.
 
-``accelerate launch --num_processes N`` and ``torchrun --nproc_per_node N`` both set ``RANK``,
-``WORLD_SIZE``, ``LOCAL_RANK`` and ``MASTER_ADDR``/``MASTER_PORT``, so :func:`init_from_env`
-serves both with ``torch.distributed`` directly. Why not accelerate's ``Accelerator``: its
-``prepare`` wraps the model in DDP, which all-reduces after every ``backward`` (gradient
-accumulation then needs ``no_sync``) and owns the data loader's sharding, while our loop has a
-plan of micro-batches and needs one all-reduce per optimizer step over the LoRA weights only;
-its ``save_state`` writes the whole model. One process (``WORLD_SIZE`` unset or 1) touches no
-process group: every function here is then a no-op.
+``accelerate launch --multi_gpu --num_processes N`` (which starts torchrun) and ``torchrun
+--nproc_per_node N`` both set ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` and
+``MASTER_ADDR``/``MASTER_PORT``, so :func:`init_from_env` serves both with ``torch.distributed``
+directly. Why not accelerate's ``Accelerator``: its ``prepare`` wraps the model in DDP, which
+all-reduces after every ``backward`` (gradient accumulation then needs ``no_sync``) and owns the
+data loader's sharding, while our loop has a plan of micro-batches and needs one all-reduce per
+optimizer step over the LoRA weights only; its ``save_state`` writes the whole model.
+One process (``WORLD_SIZE`` unset or 1) joins no process group: every function here is then a
+no-op.
 
 Rank 0 alone writes stage folders, checkpoints and manifests; the others wait at a barrier and
 read what it wrote (the ranks share one file system: one machine, or a shared ``output_dir``).
@@ -64,8 +65,8 @@ def barrier() -> None:
 @contextmanager
 def main_first() -> Iterator[bool]:
     """Rank 0 runs the block (yields True), the others skip it (False) and wait until it is
-    done; an exception on rank 0 propagates before the barrier, so its peers are left to time
-    out rather than to read half a result."""
+    done; an exception on rank 0 propagates before the barrier, so its peers never read half a
+    result (the launcher ends them when rank 0 exits)."""
     yield is_main()
     barrier()
 
