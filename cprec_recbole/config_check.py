@@ -1,18 +1,18 @@
 """Checking a run's config before any work starts.
 
 Every key a user gives (command line or config file) must be one the run reads, and every value
-must have its key's type and range. Otherwise a typo (``--learnin_rate``) silently changes
-nothing, or a bad value (``--learning_rate=abc``) ends in a traceback from deep inside torch after
-the data is built. Keys nothing reads on purpose go in ``extra_keys``.
+must pass its key's check, declared beside its default in ``properties/`` (:mod:`cprec_recbole.keys`).
+Otherwise a typo (``--learnin_rate``) silently changes nothing, or a bad value
+(``--learning_rate=abc``) ends in a traceback from deep inside torch after the data is built.
+Keys nothing reads on purpose go in ``extra_keys``.
 """
 
 from __future__ import annotations
 
 import difflib
 import functools
-import math
+import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,14 +25,8 @@ from cprec_recbole.config import (
     read_yaml,
 )
 from cprec_recbole.errors import ConfigError
-from cprec_recbole.llm.names import (
-    DTYPE_CHOICES,
-    EVAL_ITEM_EMBEDDINGS,
-    FP16_REFUSED,
-    REC_MODEL,
-    SFT_OBJECTIVES,
-    VARIANTS,
-)
+from cprec_recbole.keys import Registered, rules
+from cprec_recbole.llm.names import REC_MODEL
 from cprec_recbole.llm.schedulers import schedule_keys
 from cprec_recbole.plugins import Plugins
 
@@ -40,132 +34,8 @@ from cprec_recbole.plugins import Plugins
 RECBOLE_RUNTIME = ("local_rank", "nproc", "world_size", "offset", "ip", "port", "backend", "device")
 #: The command line's own keys.
 OWN_KEYS = ("model", "dataset")
-
-
-@dataclass(frozen=True)
-class Number:
-    """A numeric key's range; ``integer`` also rejects 0.5, ``nullable`` lets null through."""
-
-    lo: float | None = None
-    hi: float | None = None
-    integer: bool = False
-    lo_open: bool = False
-    hi_open: bool = False
-    nullable: bool = False
-
-    def describe(self) -> str:
-        kind = "an integer" if self.integer else "a number"
-        if self.lo == 0 and self.lo_open and self.hi is None:
-            text = f"a positive {kind.split()[-1]}"
-        elif self.hi is None and self.lo is not None:
-            text = f"{kind} >= {self.lo:g}"
-        elif self.lo is not None:
-            text = f"{kind} in {'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}"
-            text += ")" if self.hi_open else "]"
-        else:
-            text = kind
-        return text + (" or null" if self.nullable else "")
-
-    def accepts(self, value: Any) -> bool:
-        if value is None:
-            return self.nullable
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            return False
-        if not math.isfinite(value) or (self.integer and not float(value).is_integer()):
-            return False
-        low = self.lo is None or (value > self.lo if self.lo_open else value >= self.lo)
-        high = self.hi is None or (value < self.hi if self.hi_open else value <= self.hi)
-        return low and high
-
-
-@dataclass(frozen=True)
-class Choice:
-    """A key that takes one of a fixed set of values; ``why`` says why a tempting one is not."""
-
-    options: tuple[Any, ...]
-    why: str = ""
-
-    def describe(self) -> str:
-        text = "one of " + ", ".join(map(str, self.options))
-        return f"{text} ({self.why})" if self.why else text
-
-    def accepts(self, value: Any) -> bool:
-        return value in self.options
-
-
-POSITIVE = Number(0, lo_open=True)
-FRACTION = Number(0, 1)
-COUNT = Number(1, integer=True)
-SIZE = Number(0, integer=True)  # 0 allowed
-CAP = Number(0, integer=True, nullable=True)  # null: no cap / all
-#: Type and range of the keys whose value a wrong number would silently break.
-RULES: dict[str, Number | Choice] = {
-    **dict.fromkeys(
-        ["learning_rate", "text_encoder_learning_rate", "eta_l", "eta_h", "lora_alpha"], POSITIVE
-    ),
-    "max_grad_norm": Number(0, lo_open=True, nullable=True),
-    "projector_decay": Number(0),
-    **dict.fromkeys(["warmup_ratio", "min_lr_ratio"], FRACTION),
-    **dict.fromkeys(["cpt_warmup_ratio", "lora_dropout"], Number(0, 1, hi_open=True)),
-    "user_sample_ratio": Number(0, 1, lo_open=True, nullable=True),
-    **dict.fromkeys(
-        [
-            "epochs",
-            "train_batch_size",
-            "micro_batch_size",
-            "eval_batch_size",
-            "cpt_batch_size",
-            "cpt_micro_batch_size",
-            "checkpoint_every",
-            "history_len",
-            "num_negatives",
-            "lora_r",
-            "cpt_stride",
-            "eval_rounds",
-            "max_new_tokens",
-            "eval_batch_users",
-            "text_encoder_chunk",
-            "corpus_shards",
-        ],
-        COUNT,
-    ),
-    **dict.fromkeys(
-        ["max_title_tokens", "score_max_tokens", "valid_score_max_tokens", "lora_layers"],
-        Number(1, integer=True, nullable=True),
-    ),
-    **dict.fromkeys(
-        ["sft_samples", "cpt_samples", "cpt_mixed_samples", "eval_users", "valid_users"], CAP
-    ),
-    "user_sample_num": CAP,
-    "text_encoder_trainable_layers": SIZE,
-    "tune_cpus_per_trial": Number(1, integer=True, nullable=True),
-    "tune_gpus_per_trial": Number(0, nullable=True),
-    **dict.fromkeys(
-        ["min_history", "stopping_step", "k_core", "seed", "data_seed", "eval_seed", "cpt_seed"],
-        SIZE,
-    ),
-    "dtype": Choice(DTYPE_CHOICES, FP16_REFUSED),
-    **dict.fromkeys(["score_rule", "valid_score_rule"], Choice(("mean", "distinct_prefix"))),
-    "cpt_variant": Choice(tuple(VARIANTS)),
-    "sft_objective": Choice(SFT_OBJECTIVES),
-    "sft_objective_mix": FRACTION,
-    "eval_item_embeddings": Choice(EVAL_ITEM_EMBEDDINGS),
-}
-#: Keys whose value names something a plugin registers, and the registry it must be in.
-NAMED = {
-    "llm_backbone": "backbones",
-    "prompt_template": "prompt_templates",
-    "text_template": "prompt_templates",
-    "cpt_template": "prompt_templates",
-    "lr_scheduler": "schedulers",
-    "cpt_scheduler": "schedulers",
-    "candidate_sampler": "candidate_samplers",
-    "inference": "evaluators",
-    "valid_inference": "evaluators",
-    "mixing_rule": "mixing_rules",
-}
-#: List-valued keys that also take one string.
-LIST_OR_STRING = ("plugins", "lora_target_modules", "cpt_domains", "extra_keys")
+#: A dataset name: it names folders and files, so it may not climb out of them.
+PLAIN_NAME = re.compile(r"[A-Za-z0-9][\w.+-]*")
 
 
 def is_recbole_model(model_cls: Any) -> bool:
@@ -263,29 +133,24 @@ def _type_name(value: Any) -> str | None:
 
 
 def value_problem(key: str, value: Any, defaults: list, plugins: Plugins) -> str | None:
-    """What is wrong with ``value`` for ``key``, or None: the rule of ``RULES`` or ``NAMED``, else
-    the type of the key's built-in defaults (null passes where a default is null)."""
-    if key in RULES:
-        rule = RULES[key]
+    """What is wrong with ``value`` for ``key``, or None: the check declared in ``properties/``;
+    for a key declared elsewhere (RecBole's), the type of its built-in defaults (null passes
+    where a default is null)."""
+    rule = rules().get(key)
+    if isinstance(rule, Registered):
+        registry = getattr(plugins, rule.registry)
+        if value in registry or (value is None and rule.nullable):
+            return None
+        kind = rule.registry[:-1].replace("_", " ")
+        return f"names no registered {kind}: {value!r}; known: {', '.join(registry.names())}"
+    if rule is not None:
         return None if rule.accepts(value) else f"must be {rule.describe()}, got {value!r}"
     if value is None and None in defaults:
         return None
-    if key in NAMED:
-        registry = getattr(plugins, NAMED[key])
-        if value in registry:
-            return None
-        return f"names no registered {NAMED[key][:-1].replace('_', ' ')}: {value!r}" + (
-            f"; known: {', '.join(registry.names())}"
-        )
     wanted = {_type_name(v) for v in defaults if v is not None} - {None}
-    if len(wanted) != 1:
+    if len(wanted) != 1 or _type_name(value) in wanted:
         return None
-    (want,) = wanted
-    if _type_name(value) == want or (
-        want == "a list" and key in LIST_OR_STRING and type(value) is str
-    ):
-        return None
-    return f"must be {want}, got {value!r}"
+    return f"must be {wanted.pop()}, got {value!r}"
 
 
 def check_config(
@@ -296,11 +161,16 @@ def check_config(
 ) -> None:
     """Raise one ``ConfigError`` listing every unknown key and bad value of ``config``."""
     model, dataset = config["model"], config["dataset"]
+    if not PLAIN_NAME.fullmatch(str(dataset)) or ".." in str(dataset):
+        raise ConfigError(
+            f"dataset name {dataset!r} must be a plain name (letters, digits, . _ + -), not a "
+            "path: put the dataset's folder under data_path and pass its name"
+        )
     model_cls = plugins.models.get(model)
     # a file key absent from config was routed to other arms of an experiment
     given = {k: v for k, v in origins(config_files, overrides or {}).items() if k in config}
-    extra = config.get("extra_keys") or []
-    extra = [extra] if isinstance(extra, str) else list(extra)
+    extra = config["extra_keys"]  # checked below; a wrong type reads as no extra keys
+    extra = [extra] if isinstance(extra, str) else extra if isinstance(extra, list) else []
     known = known_keys(model, dataset, model_cls, plugins, config)
     sasrec = known_keys(REC_MODEL, dataset, plugins.models.get(REC_MODEL), plugins, {})
     unknown = {k: v for k, v in given.items() if k not in known}
@@ -316,9 +186,9 @@ def check_config(
         if problem:
             where = given.get(key) or "the built-in properties"
             problems.append(f"config key {key!r} ({where}) {problem}")
-    if not is_recbole_model(model_cls):
+    if not is_recbole_model(model_cls) and isinstance(config["rec_model_overrides"], dict):
         where = given.get("rec_model_overrides", "the built-in properties")
-        for key in config.get("rec_model_overrides") or {}:
+        for key in config["rec_model_overrides"]:
             if key not in sasrec:
                 close = _close(key, sasrec)
                 problems.append(

@@ -66,7 +66,7 @@ def _train(folder: Path, config: RunConfig, model_cls: type, data: PreparedData)
     tokens = dataset.field2id_token[dataset.iid_field]
     write_text(folder / "item_tokens.txt", "\n".join(tokens))  # embedding row -> raw item id
     start = time.time()
-    show = bool(config.get("show_progress", True))
+    show = bool(config["show_progress"])
     trainer.fit(train_data, valid, saved=True, show_progress=show)
     train_time = time.time() - start
     start = time.time()

@@ -249,7 +249,6 @@ def test_resolve_dtype_picks_fp32_or_bf16_by_the_flag_rules():
         cpuinfo = ""
     expected = torch.bfloat16 if cpu_has_native_bf16(cpuinfo) else torch.float32
     assert resolve_dtype({"dtype": "auto"}, cpu) == expected
-    assert resolve_dtype({}, cpu) == expected
     with pytest.raises(ConfigError, match="one of auto, bf16, fp32; found 'int8'"):
         resolve_dtype({"dtype": "int8"}, cpu)
 

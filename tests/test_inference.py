@@ -18,6 +18,7 @@ from llm_fixtures import (  # noqa: F401  (pytest fixtures)
 )
 
 from cprec_recbole.builtin.prompt_templates import LLARA_HYBRID, LLARA_TEXT, UNIFIED
+from cprec_recbole.config import PROPERTIES, read_yaml
 from cprec_recbole.errors import ConfigError
 from cprec_recbole.evaluation import INVALID, UNRANKED, first_pick_positions, rank_metrics
 from cprec_recbole.llm.batching import RenderContext, encode_batch
@@ -54,8 +55,11 @@ def test_parse_answer_rejects_no_candidate_and_two_candidates():
     assert parse_answer("\nTetris", CANDIDATES) == 2  # leading whitespace is stripped first
 
 
+LLM_DEFAULTS = read_yaml(PROPERTIES / "model" / "LLMRecommender.yaml")
+
+
 def context(config=None, **kw) -> RenderContext:
-    base = {"show_progress": False, "eval_batch_users": 3}
+    base = {**LLM_DEFAULTS, "show_progress": False, "eval_batch_users": 3}
     return RenderContext(LLARA_HYBRID, TITLES, ITEM_INDEX, "game", {**base, **(config or {})}, **kw)
 
 

@@ -64,10 +64,9 @@ BACKBONE_KEYS = (
     "lora_layers",
 )
 TINY_RANDOM_SEED = 2020  # the default run seed, so results at the default seed stay as they were
-DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
-class BackboneError(RuntimeError):
+class BackboneError(ConfigError):
     """A backbone could not be loaded (missing weights, missing wheel, bad loader output)."""
 
 
@@ -119,7 +118,7 @@ def resolve_dtype(config: dict, device: torch.device) -> torch.dtype:
 
     auto: CUDA -> bf16 (fp32 on GPUs without bf16); CPU -> bf16 only with native bf16 support.
     """
-    wanted = config.get("dtype", "auto")
+    wanted = config["dtype"]
     if isinstance(wanted, torch.dtype):
         return wanted
     name = "auto" if wanted is None else str(wanted).lower()
@@ -266,7 +265,7 @@ def backbone_cache_dir(config: dict) -> Path:
     cache = config.get("backbone_cache")
     if cache:
         return Path(cache).expanduser()
-    return Path(config.get("output_dir") or "saved").expanduser() / "backbones"
+    return Path(config["output_dir"]).expanduser() / "backbones"
 
 
 def _looks_local(source: str) -> bool:
@@ -515,7 +514,7 @@ def add_lora(model: PreTrainedModel, config: dict):
     """
     from peft import LoraConfig, get_peft_model
 
-    targets = config.get("lora_target_modules") or list(DEFAULT_LORA_TARGETS)
+    targets = config["lora_target_modules"]
     if isinstance(targets, str) and targets != "all-linear":
         targets = [targets]
     if not isinstance(targets, str):
@@ -545,9 +544,9 @@ def add_lora(model: PreTrainedModel, config: dict):
             )
         layers_to_transform = list(range(total - layers, total))
     lora = LoraConfig(
-        r=int(config.get("lora_r", 8)),
-        lora_alpha=int(config.get("lora_alpha", 32)),
-        lora_dropout=float(config.get("lora_dropout", 0.1)),
+        r=int(config["lora_r"]),
+        lora_alpha=int(config["lora_alpha"]),
+        lora_dropout=float(config["lora_dropout"]),
         target_modules=targets,
         layers_to_transform=layers_to_transform,
         bias="none",

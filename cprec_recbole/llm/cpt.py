@@ -232,7 +232,7 @@ class CPT:
         micro = int(config["cpt_micro_batch_size"])
         accumulate = max(1, math.ceil(int(config["cpt_batch_size"]) / micro))
         lengths = self._lengths(corpus, tokenizer, titles)
-        grouped = lengths if config.get("cpt_length_grouped", True) else None
+        grouped = lengths if config["cpt_length_grouped"] else None
         prefix = None
         if config.get("add_domain"):
             order, phases, plan, step_phases = self._reanneal_plan(

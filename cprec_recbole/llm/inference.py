@@ -122,7 +122,7 @@ def length_batches(lengths: Sequence[int], size: int) -> list[list[int]]:
 
 def _batches(tokenizer, samples: Sequence[LLMSample], ctx: RenderContext) -> list[list[int]]:
     lengths = prompt_lengths(tokenizer, ctx.template, samples, ctx.titles, ctx.noun)
-    return length_batches(lengths, int(ctx.config.get("eval_batch_users", 4)))
+    return length_batches(lengths, int(ctx.config["eval_batch_users"]))
 
 
 def evaluate_sharded(
@@ -152,7 +152,7 @@ def merge_outputs(parts: Sequence[tuple[list[int], EvalOutput]], n: int) -> Eval
 
 
 def _progress(config: Mapping[str, Any], total: int, desc: str) -> tqdm:
-    return tqdm(total=total, desc=desc, unit="user", disable=not config.get("show_progress", True))
+    return tqdm(total=total, desc=desc, unit="user", disable=not config["show_progress"])
 
 
 def _encode(tokenizer, samples: Sequence[LLMSample], ctx: RenderContext, device: torch.device):
@@ -188,7 +188,7 @@ def generate_texts(
     out = model.generate(
         inputs_embeds=embeds,
         attention_mask=batch.attention_mask,
-        max_new_tokens=int(ctx.config.get("max_new_tokens", 64)),
+        max_new_tokens=int(ctx.config["max_new_tokens"]),
         do_sample=False,
         stopping_criteria=StoppingCriteriaList([stop]) if stop is not None else None,
         pad_token_id=pad_id(tokenizer),
@@ -209,7 +209,7 @@ def iterative_ranks(
     candidate; ``UNRANKED`` if never picked (a later invalid answer also ends the user), so
     HR@k for k above ``eval_rounds`` counts only what was actually ranked.
     """
-    rounds = int(ctx.config.get("eval_rounds", 5))
+    rounds = int(ctx.config["eval_rounds"])
     n = len(samples)
     ranks = np.full(n, UNRANKED, dtype=np.int64)
     valid = np.zeros(n, dtype=bool)

@@ -267,7 +267,7 @@ class LoopArguments:
             name,
             seed=seed,
             checkpoint_every=None if every is None else int(every),
-            show_progress=bool(config.get("show_progress", True)),
+            show_progress=bool(config["show_progress"]),
             max_grad_norm=None if norm is None else float(norm),
             autocast=bool(config["autocast"]),
             compile=bool(config["compile"]),

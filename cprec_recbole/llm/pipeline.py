@@ -124,7 +124,7 @@ def train_sasrec(
     the one ``--model=SASRec`` trains."""
     cls = plugins.models.get(REC_MODEL)
     keep = {k: config[k] for k in ("data_path", "output_dir", "show_progress")}
-    overrides = {**keep, **(config.get("rec_model_overrides") or {})}
+    overrides = {**keep, **config["rec_model_overrides"]}
     rec_config = load_config(REC_MODEL, config["dataset"], cls, overrides=overrides)
     return train_rec_model(cls, tracked(rec_config), data, force=force)
 
@@ -227,7 +227,7 @@ class LLMRecommender:
             self.template,
             titles,
             self.item_index,
-            str(self.config.get("domain_noun", "item")),
+            str(self.config["domain_noun"]),
             self.config,
             embeddings,
             projector,
@@ -314,7 +314,7 @@ class LLMRecommender:
             if sft is not None:
                 load_fine_tuned(sft, loaded[0], loaded[2].projector)
         merge = getattr(loaded[0], "merge_and_unload", None)  # a peft model
-        if self.config.get("merge_lora", True) and merge is not None:
+        if self.config["merge_lora"] and merge is not None:
             loaded = (merge(), *loaded[1:])
         self._loaded = loaded
         return loaded

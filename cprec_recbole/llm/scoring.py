@@ -30,7 +30,7 @@ SCORE_RULES = ("mean", "distinct_prefix")
 
 
 def score_rule(config: Mapping[str, Any]) -> str:
-    rule = config.get("score_rule", "mean")
+    rule = config["score_rule"]
     if rule not in SCORE_RULES:
         raise ValueError(f"score_rule: {rule!r} is not one of {', '.join(SCORE_RULES)}")
     return rule

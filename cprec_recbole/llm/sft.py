@@ -198,7 +198,7 @@ class SFTTrainer:
         optimizer = adam(
             model, projector, float(config["learning_rate"]), config["projector_decay"]
         )
-        warmup = int(float(config.get("warmup_ratio", 0.05)) * total)
+        warmup = int(float(config["warmup_ratio"]) * total)
         scheduler = setup.scheduler_factory(optimizer, {"warmup": warmup, "total": total}, config)
         self.validation = Validation()
         args = LoopArguments.from_config("sft", config, self.seed)
