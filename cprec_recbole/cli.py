@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import sys
+import tempfile
+import traceback
 from pathlib import Path
 
-from cprec_recbole.config import PROPERTIES, parse_overrides
-from cprec_recbole.errors import ConfigError, DataError
+from cprec_recbole.config import PROPERTIES, parse_overrides, read_yaml
+from cprec_recbole.errors import ConfigError, DataError, RunError
 from cprec_recbole.plugins import (
     LOAD_PLUGINS_ENV,
     PluginError,
@@ -15,6 +18,8 @@ from cprec_recbole.plugins import (
     load_plugins,
 )
 
+OVERALL = PROPERTIES / "overall.yaml"
+PACKAGE = "cprec_recbole"
 USAGE = """usage: python run_recbole_llm.py --model=NAME --dataset=NAME [--key=value ...]
 
 options:
@@ -27,7 +32,8 @@ options:
   --plugin=FILE.py        load a plugin file (repeatable); also the 'plugins:' config key
   --force=STAGE           rebuild one cached stage (data, rec_model, ...); repeatable
   --plan                  print the command's stages (hash, cached / partial / to build, the
-                          last build's wall time) without building anything
+                          last build's wall time) without building anything; with --tune or
+                          --experiment the stages the runs share once, then each run's own
   --output_dir=FOLDER     where stages, results and logs go (default: saved/)
   --KEY=VALUE             any other config key, e.g. --epochs=5 --learning_rate=1e-3
   --tune=true             Ray Tune grid over tune_space (default: learning_rate 6e-4, 3e-4, 1e-4)
@@ -83,41 +89,92 @@ def plugin_listing(plugins: Plugins) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from cprec_recbole.quick_start import plan, run
-    from cprec_recbole.stages import plan_table
-
+    """Run the command; any error ends as one line on stderr and exit code 2 (130: Ctrl-C)."""
     argv = sys.argv[1:] if argv is None else argv
     try:
-        if {"-h", "--help"} & set(argv) or not argv:
-            rest = [a for a in argv if a not in ("-h", "--help")]
-            overrides, plugins, _, _ = split_args(rest)
-            print(help_text(plugins, str(overrides.get("data_path", "dataset"))))
-            return 0
-        planned = bool({"--plan", "--plan=true"} & set(argv))
-        argv = [a for a in argv if a not in ("--plan", "--plan=true")]
-        overrides, plugins, force, config_files = split_args(argv)
-        model = overrides.pop("model", None)
-        dataset = overrides.pop("dataset", None)
-        experiment = overrides.pop("experiment", None)
-        if experiment and dataset:
-            from cprec_recbole.command import plugin_paths
-            from cprec_recbole.experiments import run_experiment
+        return command(argv)
+    except (ConfigError, DataError, RunError, PluginError, UnknownNameError) as exc:
+        message = str(exc)
+    except OSError as exc:
+        message = os_message(exc)
+    except KeyboardInterrupt:
+        print("interrupted: finished stages are kept; run it again to resume", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001  a bug, not bad input: the traceback goes to a file
+        message = internal_message(exc)
+    print(f"error: {message}", file=sys.stderr)
+    return 2
 
-            loaded = load_plugins(plugin_paths(plugins, config_files, overrides))
-            seeds = overrides.pop("seeds", None)
-            folder = run_experiment(
-                str(experiment), str(dataset), loaded, config_files, overrides, seeds
-            )
-            print(f"report: {folder / 'report.md'}")
-            return 0
-        if not model or not dataset:
-            raise ConfigError("both --model=NAME and --dataset=NAME are required (see --help)")
+
+def os_message(exc: OSError) -> str:
+    """A failed read or write: the path, the reason, what to check."""
+    if exc.filename is None:
+        return f"{exc.strerror or exc}"
+    return (
+        f"{exc.filename}: {exc.strerror}; check the path (data_path, output_dir, config and "
+        "plugin files), its permissions and the free disk space"
+    )
+
+
+def internal_message(exc: BaseException) -> str:
+    """An unexpected error: its type, first line and place, and the file holding the traceback
+    (the run's log when there is one)."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    ours = [f for f in frames if f"{PACKAGE}/" in f.filename.replace("\\", "/")] or frames
+    where = f" at {Path(ours[-1].filename).name}:{ours[-1].lineno}" if ours else ""
+    where += "".join(f" {note}" for note in getattr(exc, "__notes__", []))
+    logs = [getattr(h, "baseFilename", "") for h in logging.getLogger().handlers]
+    logs = [name for name in logs if name.endswith(".log")]
+    if not logs:
+        logs = [tempfile.mkstemp(prefix="cprec_recbole-", suffix=".log")[1]]
+    with open(logs[0], "a", encoding="utf-8") as handle:
+        handle.write("".join(traceback.format_exception(exc)))
+    first = (str(exc).strip().splitlines() or [""])[0]
+    return (
+        f"unexpected {type(exc).__name__}{where}: {first}; not a known bad input, so likely a "
+        f"bug (please report it); the traceback is in {logs[0]}"
+    )
+
+
+def command(argv: list[str]) -> int:
+    """The command line's work, errors left to :func:`main`."""
+    from cprec_recbole.command import setup
+    from cprec_recbole.quick_start import plan, run
+    from cprec_recbole.stages import groups_table, plan_table
+
+    if {"-h", "--help"} & set(argv) or not argv:
+        rest = [a for a in argv if a not in ("-h", "--help")]
+        overrides, plugins, _, _ = split_args(rest)
+        data_path = overrides.get("data_path") or read_yaml(OVERALL)["data_path"]
+        print(help_text(plugins, str(data_path)))
+        return 0
+    planned = bool({"--plan", "--plan=true"} & set(argv))
+    argv = [a for a in argv if a not in ("--plan", "--plan=true")]
+    overrides, plugins, force, config_files = split_args(argv)
+    model = overrides.pop("model", None)
+    dataset = overrides.pop("dataset", None)
+    experiment = overrides.pop("experiment", None)
+    if experiment and dataset:
+        from cprec_recbole.command import plugin_paths
+        from cprec_recbole.experiments import experiment_runs, run_experiment, run_specs
+        from cprec_recbole.pipeline import plan_groups
+
+        loaded = load_plugins(plugin_paths(plugins, config_files, overrides))
+        seeds = overrides.pop("seeds", None)
+        named, runs = experiment_runs(
+            str(experiment), str(dataset), loaded, config_files, overrides, seeds
+        )
         if planned:
-            entries = plan(str(model), str(dataset), config_files, overrides, plugins, force)
-            print(plan_table(entries))
+            print(groups_table(plan_groups(run_specs(runs), loaded)))
             return 0
-        run(str(model), str(dataset), config_files, overrides, plugins, force)
-    except (ConfigError, DataError, PluginError, UnknownNameError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        print(f"report: {run_experiment(named, runs, str(dataset), loaded) / 'report.md'}")
+        return 0
+    if not model or not dataset:
+        raise ConfigError("both --model=NAME and --dataset=NAME are required (see --help)")
+    if planned:
+        config, loaded, _ = setup(str(model), str(dataset), config_files, overrides, plugins)
+        groups = plan(config, loaded, config_files, overrides, force)
+        print(groups_table(groups) if len(groups) > 1 else plan_table(groups[0][1]))
+        return 0
+    run(str(model), str(dataset), config_files, overrides, plugins, force)
     return 0

@@ -4,8 +4,9 @@ model plus overrides) over seeds and writes ``report.md``, ``results.csv`` and f
 
 Experiments are YAML files (``properties/experiments/*.yaml``; plugins add theirs with
 ``register_experiments``). Each run goes through the same cached stages as the CLI, so an
-interrupted experiment picks up from its finished stages, and arms that share a stage (one CPT
-for every SFT seed) build it once. The best arm (mean test hr@1) is compared with each other arm
+interrupted experiment picks up from its finished stages; the stages two or more runs share (one
+CPT for every SFT seed, one SASRec for every LLaRA arm) are found by walking every run's pipeline
+without building, and built once before the runs (``--plan`` lists them once). The best arm (mean test hr@1) is compared with each other arm
 by the paired t-test of per-user hits@1 (averaged over seeds), marked where p < 0.05.
 """
 
@@ -27,11 +28,13 @@ from tqdm import tqdm
 from cprec_recbole.compare import check_same_candidates, read_ranks
 from cprec_recbole.config import key_lines, read_yaml
 from cprec_recbole.diagnostics import diagnostics_section
-from cprec_recbole.errors import ConfigError
+from cprec_recbole.errors import ConfigError, within
 from cprec_recbole.evaluation import INVALID
 from cprec_recbole.io import write_atomic, write_text
+from cprec_recbole.pipeline import RunSpec, build_shared
 from cprec_recbole.plugins import Plugins
 from cprec_recbole.results import markdown_table
+from cprec_recbole.run_config import RunConfig
 from cprec_recbole.stages import read_manifest
 
 EXPERIMENT_KEYS = ("description", "seeds", "runs", "metrics", "report", "figure", "reference", "x")
@@ -117,7 +120,7 @@ def load_experiment(name: str, path: Path, models: Iterable[str]) -> Experiment:
         name=name,
         description=str(data.get("description", "")),
         arms=arms,
-        seeds=int(data.get("seeds", 4)),
+        seeds=seed_count(data.get("seeds", 4), f"{path}: seeds"),
         metrics=list(data.get("metrics") or DEFAULT_METRICS),
         report=report,
         figure=figure,
@@ -193,23 +196,33 @@ def summary_table(rows: pd.DataFrame, metrics: list[str], arms: list[str]) -> pd
     return table.reindex(arms)
 
 
-def run_experiment(
+@dataclass(frozen=True)
+class ExperimentRun:
+    """One run of an experiment: an arm at one seed, with its overrides."""
+
+    arm: Arm
+    seed: int
+    overrides: dict
+    config: dict
+
+
+def experiment_runs(
     name: str,
     dataset: str,
     plugins: Plugins,
     config_files: Iterable[str | Path] = (),
     overrides: Mapping[str, Any] | None = None,
-    seeds: int | None = None,
-) -> Path:
-    """Run every arm over the seeds, then write the report; returns the experiment folder."""
+    seeds: Any = None,
+) -> tuple[Experiment, list[ExperimentRun]]:
+    """The experiment ``name`` and its every run (``seeds`` overrides its count), each run's
+    config checked before the first one starts."""
     from cprec_recbole.command import build_config
     from cprec_recbole.config_check import check_config, known_keys
-    from cprec_recbole.quick_start import run
 
     experiment = load_experiment(name, plugins.experiments.get(name), plugins.models.names())
-    seeds = experiment.seeds if seeds is None else int(seeds)
-    overrides = dict(overrides or {})
-    config_files = list(config_files)
+    seeds = experiment.seeds if seeds is None else seed_count(seeds, "--seeds")
+    config_files, overrides = list(config_files), dict(overrides or {})
+
     file_values: dict[str, Any] = {}  # routed to the arms like the command line's keys
     for path in config_files:
         file_values.update(read_yaml(Path(path)))
@@ -223,7 +236,7 @@ def run_experiment(
         )
         for arm in experiment.arms
     }
-    plan = []
+    runs = []
     for arm in experiment.arms:
         from_files = overrides_for(file_values, readers, arm.name)
         given = overrides_for(overrides, readers, arm.name)
@@ -234,24 +247,47 @@ def run_experiment(
         for i in range(seeds if arm.seed_key else 1):
             wanted = arm_overrides(arm, given, i, base_seed)
             config = build_config(arm.model, dataset, plugins, (), {**from_files, **wanted})
-            try:  # every run's config is checked before the first one starts
+            with within(f"experiment {experiment.name}, run {arm.name}"):
                 check_config(config, plugins, config_files, wanted)
-            except ConfigError as exc:
-                raise ConfigError(f"experiment {name}, run {arm.name}: {exc}") from None
-            plan.append((arm, i, {**from_files, **wanted}))
-    folder = Path(config["output_dir"]) / "experiments" / f"{name}-{dataset}"
+            runs.append(ExperimentRun(arm, i, {**from_files, **wanted}, config))
+    return experiment, runs
+
+
+def run_specs(runs: list[ExperimentRun]) -> list[RunSpec]:
+    """The runs as the pipeline walks them (``pipeline.build_shared``, ``plan_groups``)."""
+    return [RunSpec(f"{r.arm.name} seed {r.seed}", r.arm.model, RunConfig(r.config)) for r in runs]
+
+
+def seed_count(value: Any, where: str) -> int:
+    """A number of seeds: an integer >= 1 (``--seeds``, an experiment's ``seeds:``)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{where} must be an integer >= 1, got {value!r}")
+    return value
+
+
+def run_experiment(
+    experiment: Experiment, runs: list[ExperimentRun], dataset: str, plugins: Plugins
+) -> Path:
+    """Build the stages the runs share, run every arm over the seeds, then write the report;
+    returns the experiment folder."""
+    from cprec_recbole.quick_start import run
+
+    name, seeds = experiment.name, 1 + max(one.seed for one in runs)
+    folder = Path(runs[0].config["output_dir"]) / "experiments" / f"{name}-{dataset}"
+    build_shared(run_specs(runs), plugins)
     rows = []
     start = time.time()
-    progress = tqdm(plan, desc=f"experiment {name}", unit="run")
-    for arm, i, wanted in progress:
-        progress.set_postfix_str(f"{arm.name} seed {i}")
+    progress = tqdm(runs, desc=f"experiment {name}", unit="run")
+    for one in progress:
+        progress.set_postfix_str(f"{one.arm.name} seed {one.seed}")
         began = time.time()
-        results = run(arm.model, dataset, (), wanted, plugins.files)
+        with within(f"experiment {name}, run {one.arm.name} seed {one.seed}"):
+            results = run(one.arm.model, dataset, (), one.overrides, plugins.files)
         rows.append(
             {
-                "arm": arm.name,
-                "model": arm.model,
-                "seed": i,
+                "arm": one.arm.name,
+                "model": one.arm.model,
+                "seed": one.seed,
                 **{k: v for k, v in results["test"].items() if isinstance(v, int | float)},
                 "seconds": round(time.time() - began, 1),
                 "folder": results["folder"],

@@ -3,14 +3,16 @@
 ``CPRec.pipeline = ("data", "sasrec", "corpus", "cpt", "sft", "eval")``: the paper's pipeline, in
 the model's own file. :func:`run_pipeline` walks it; a step runs one cached stage
 (:mod:`cprec_recbole.stages`) from the folders of the steps before it, so model constructors build
-objects and train nothing. A search runs the steps that no searched key changes once, before its
-trials (:func:`shared_steps`), and each trial the rest up to the step that validates.
+objects and train nothing. A search or an experiment first builds, once, the stages two or more
+of its runs share (:func:`build_shared`: found by walking each run's pipeline without building),
+then each run the rest (a search's trials up to the step that validates).
 """
 
 from __future__ import annotations
 
 import importlib
 import json
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +21,7 @@ from typing import Any
 from cprec_recbole.errors import ConfigError
 from cprec_recbole.plugins import Plugins
 from cprec_recbole.run_config import RunConfig
-from cprec_recbole.stages import EVERY, read_manifest
+from cprec_recbole.stages import EVERY, PlanEntry, planning, read_manifest
 
 #: The pipeline of a model class that declares none: a RecBole model, trained by the ID stage.
 ID_PIPELINE = ("data", "rec_model")
@@ -173,7 +175,15 @@ def run_pipeline(
     """Run (or reuse) the steps of ``model``'s pipeline in order, up to and including the step
     ``until`` (all when None); the returned run holds every stage's folder."""
     run = PipelineRun(model, config, plugins, frozenset(force))
-    for name in pipeline_of(run.model_cls):
+    names = pipeline_of(run.model_cls)
+    stages = list(dict.fromkeys(STEPS[name].stage for name in names))
+    unknown = sorted(run.force - set(stages))
+    if unknown:
+        raise ConfigError(
+            f"--force={','.join(unknown)}: {model}'s pipeline has no such stage; it has "
+            f"{', '.join(stages)}"
+        )
+    for name in names:
         step = STEPS[name]
         run.folders[step.stage] = step.run(run)
         if name == until:
@@ -192,16 +202,53 @@ def valid_metrics(run: PipelineRun, step: str) -> Mapping[str, Any]:
     return STEPS[step].valid(run.folders[STEPS[step].stage])
 
 
-def run_shared(
-    model: str, config: RunConfig, plugins: Plugins, searched: Iterable[str], force=()
-) -> PipelineRun:
-    """Run the steps of ``model``'s pipeline that come before the first one whose result a
-    searched key changes: what a search builds once, for all its trials."""
-    run, searched = PipelineRun(model, config, plugins, frozenset(force)), set(searched)
-    for name in pipeline_of(run.model_cls):
-        step = STEPS[name]
-        reads = set(step.reads(run))
-        if reads == set(EVERY) or reads & searched:
-            break
-        run.folders[step.stage] = step.run(run)
-    return run
+@dataclass(frozen=True)
+class RunSpec:
+    """One run of a search or an experiment: a model, its config, the step it stops after."""
+
+    label: str
+    model: str
+    config: RunConfig
+    until: str | None = None
+
+
+def walk(spec: RunSpec, plugins: Plugins) -> tuple[PipelineRun, list[PlanEntry]]:
+    """A run's pipeline walked without building (``stages.planning``): its stage folders, and
+    the plan entry of each."""
+    with planning() as entries:
+        run = run_pipeline(spec.model, spec.config, plugins, until=spec.until)
+    return run, entries
+
+
+def shared_folders(planned: Iterable[PipelineRun]) -> set[Path]:
+    """The stage folders that two or more of the runs need."""
+    counts = Counter(f for run in planned for f in set(run.folders.values()) if f is not None)
+    return {folder for folder, n in counts.items() if n > 1}
+
+
+def plan_groups(runs: list[RunSpec], plugins: Plugins) -> list[tuple[str, list[PlanEntry]]]:
+    """The plan of several runs (``--plan`` of a search or an experiment): the stages two or
+    more of them share, once, then each run's own."""
+    walked = [walk(spec, plugins) for spec in runs]
+    shared = {str(f) for f in shared_folders(run for run, _ in walked)}
+    once = {e.folder: e for _, entries in walked for e in entries if e.folder in shared}
+    groups = [("shared (built once, before the runs)", list(once.values()))]
+    for spec, (_, entries) in zip(runs, walked, strict=True):
+        groups.append((spec.label, [e for e in entries if e.folder not in shared]))
+    return groups
+
+
+def build_shared(runs: list[RunSpec], plugins: Plugins, force: Iterable[str] = ()) -> set[Path]:
+    """Build, once and before the runs, every stage that two or more of them share: each run's
+    pipeline up to its last shared step, unless earlier runs built all its shared stages.
+    ``force`` rebuilds those stages here (once), not in every run. Returns the shared folders."""
+    plans = [walk(spec, plugins)[0] for spec in runs]
+    shared, built = shared_folders(plans), set()
+    for spec, planned in zip(runs, plans, strict=True):
+        steps = [s for s in pipeline_of(planned.model_cls) if planned.folders.get(STEPS[s].stage)]
+        mine = [s for s in steps if planned.folders[STEPS[s].stage] in shared]
+        folders = {planned.folders[STEPS[s].stage] for s in mine}
+        if mine and not folders <= built:
+            run_pipeline(spec.model, spec.config, plugins, force, until=mine[-1])
+            built |= folders
+    return shared

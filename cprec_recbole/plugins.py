@@ -148,9 +148,21 @@ def _load_file(path: str | Path) -> tuple[str, Any]:
     except Exception as exc:
         sys.modules.pop(name, None)
         raise PluginError(
-            f"plugin file {path} raised while being imported:\n{traceback.format_exc()}"
+            f"plugin file {path} raised while being imported: {raised(exc)}; fix the file or "
+            "leave it out"
         ) from exc
     return str(path), module
+
+
+def raised(exc: BaseException) -> str:
+    """An exception in one line: its type, message and the file and line it came from."""
+    if isinstance(exc, SyntaxError):
+        where, first = f"{exc.filename}:{exc.lineno}", exc.msg
+    else:
+        frames = traceback.extract_tb(exc.__traceback__)
+        where = f"{frames[-1].filename}:{frames[-1].lineno}" if frames else "?"
+        first = (str(exc).strip().splitlines() or [""])[0]
+    return f"{type(exc).__name__}: {first} (at {where})"
 
 
 def installed_plugins(only: str | None) -> list[metadata.EntryPoint]:
@@ -182,8 +194,8 @@ def load_plugins(plugin_files: Iterable[str | Path] = ()) -> Plugins:
             pm.register(entry.load(), name=entry.name)
         except Exception as exc:
             raise PluginError(
-                f"installed plugin {entry.name!r} (entry point {entry.value}) failed to load; "
-                f"{LOAD_PLUGINS_ENV}='' skips installed plugins:\n{traceback.format_exc()}"
+                f"installed plugin {entry.name!r} (entry point {entry.value}) failed to load: "
+                f"{raised(exc)}; {LOAD_PLUGINS_ENV}='' skips installed plugins"
             ) from exc
     paths = list(dict.fromkeys(str(p) for p in plugin_files))
     for path in paths:
@@ -199,5 +211,13 @@ def load_plugins(plugin_files: Iterable[str | Path] = ()) -> Plugins:
             def register(name: str, obj: Any, _owner: str = owner, _reg: Registry = registry):
                 _reg.add(name, obj, _owner)
 
-            impl.function(register=register)
+            try:
+                impl.function(register=register)
+            except (PluginError, UnknownNameError):
+                raise
+            except Exception as exc:
+                raise PluginError(
+                    f"plugin {owner}: register_{kind} raised {raised(exc)}; fix the plugin or "
+                    "leave it out"
+                ) from exc
     return Plugins(pm, registries, tuple(str(Path(p).resolve()) for p in paths))

@@ -14,7 +14,8 @@ import yaml
 from cprec_recbole import distributed
 from cprec_recbole.command import setup
 from cprec_recbole.logs import setup_logging
-from cprec_recbole.pipeline import PipelineRun, run_pipeline
+from cprec_recbole.pipeline import PipelineRun, plan_groups, run_pipeline
+from cprec_recbole.plugins import Plugins
 from cprec_recbole.results import table
 from cprec_recbole.run_config import RunConfig
 from cprec_recbole.stages import PlanEntry, planning
@@ -78,15 +79,22 @@ def results_of(run: PipelineRun) -> dict:
 
 
 def plan(
-    model: str,
-    dataset: str,
+    config: RunConfig,
+    plugins: Plugins,
     config_files: Iterable[str | Path] = (),
     overrides: Mapping[str, Any] | None = None,
-    plugin_files: Iterable[str | Path] = (),
     force: Iterable[str] = (),
-) -> list[PlanEntry]:
-    """The stages ``run`` would build or reuse, without building any (``--plan``)."""
-    config, plugins, _ = setup(model, dataset, config_files, overrides, plugin_files)
+) -> list[tuple[str, list[PlanEntry]]]:
+    """The stages ``run`` would build or reuse for a ``setup`` config, without building any
+    (``--plan``): one group (the run), or with ``tune`` the stages the trials share, then each
+    trial's own."""
+    model, dataset = config["model"], config["dataset"]
+    if config.get("tune"):
+        from cprec_recbole.tune import search_overrides, trial_specs
+
+        searched = search_overrides(overrides or {})
+        _, specs = trial_specs(model, dataset, config, plugins, list(config_files), searched)
+        return plan_groups(specs, plugins)
     with planning() as entries:
         run_pipeline(model, config, plugins, force)
-    return entries
+    return [(f"{model} on {dataset}", entries)]

@@ -75,7 +75,10 @@ def planning() -> Iterator[list[PlanEntry]]:
 
 
 def _state(folder: Path) -> str:
-    manifest = read_manifest(folder)
+    try:
+        manifest = read_manifest(folder)
+    except StageError:
+        return "damaged (manifest.json unreadable)"
     if manifest is not None:
         damage = damaged(folder, manifest)
         return f"damaged ({damage})" if damage else "cached"
@@ -83,13 +86,24 @@ def _state(folder: Path) -> str:
         return "to build"
     cursors = sorted(folder.glob("checkpoints/*/cursor.json"), key=lambda p: p.stat().st_mtime)
     if cursors:
-        steps = json.loads(cursors[-1].read_text()).get("steps_done")
-        return f"partial (checkpoint {cursors[-1].parent.name}: {steps} steps done)"
+        try:
+            done = f"{json.loads(cursors[-1].read_text())['steps_done']} steps done"
+        except (ValueError, KeyError, TypeError):
+            done = "its cursor.json is unreadable"
+        return f"partial (checkpoint {cursors[-1].parent.name}: {done})"
     return "partial (no checkpoint: rebuilt from scratch)"
 
 
+def _readable_manifest(folder: Path) -> dict | None:
+    try:
+        return read_manifest(folder)
+    except StageError:
+        return None
+
+
 def _last_wall_time(kind: Path) -> float | None:
-    finished = [m for m in (read_manifest(p) for p in kind.glob("*")) if m] if kind.is_dir() else []
+    manifests = (_readable_manifest(p) for p in kind.glob("*")) if kind.is_dir() else ()
+    finished = [m for m in manifests if m]
     latest = max(finished, key=lambda m: m.get("finished_at", ""), default=None)
     return latest.get("wall_time_s") if latest else None
 
@@ -112,6 +126,15 @@ def plan_table(entries: list[PlanEntry]) -> str:
     lines = ["  ".join(h.ljust(widths[h]) for h in heads)]
     lines += ["  ".join(str(r[h]).ljust(widths[h]) for h in heads) for r in rows]
     return "\n".join(line.rstrip() for line in lines)
+
+
+def groups_table(groups: Iterable[tuple[str, list[PlanEntry]]]) -> str:
+    """Several runs' plans (a search's or an experiment's): a titled table per group."""
+    parts = [
+        f"{title}:\n{plan_table(rows) if rows else '(every stage shared)'}"
+        for title, rows in groups
+    ]
+    return "\n\n".join(parts)
 
 
 class StageError(ConfigError):
@@ -237,8 +260,21 @@ def stage_dir(output_dir: str | Path, name: str, keys: Mapping[str, Any]) -> Pat
 
 
 def read_manifest(folder: Path) -> dict | None:
+    """The manifest of a finished stage (None: not finished); an unreadable one is an error
+    that says how to rebuild the stage."""
     path = folder / MANIFEST
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        manifest = exc
+    if not isinstance(manifest, dict):
+        raise StageError(
+            f"{path} is damaged (not a JSON object: {manifest}); rebuild the stage with "
+            f"--force={folder.parent.name}"
+        )
+    return manifest
 
 
 @contextmanager
@@ -384,7 +420,11 @@ def _build(
     logger.info("stage %s: %s %s", stage.name, "continuing" if started else "building", folder)
     start = time.time()
     with reading(stage.name, stage.allowed(extra)) as read:
-        metrics = stage.build(folder, config, **context) or {}
+        try:
+            metrics = stage.build(folder, config, **context) or {}
+        except Exception as exc:
+            exc.add_note(f"(building stage {stage.name} in {folder})")
+            raise
     if distributed.is_main():  # the others wait for it where they wait for the build
         _write_manifest(stage, keys, config, folder, read, metrics, start)
 

@@ -4,8 +4,8 @@ learning rate {6e-4, 3e-4, 1e-4}, grid).
 Trials share the stage cache: every stage folder is keyed by the config it reads and built under
 a lock, so trials that need the same data, SASRec, corpus or CPT wait for one build and reuse it,
 and trials that differ write different folders. The steps of the model's pipeline that no
-searched key changes are built once before the trials start (``run_shared``: for an LLM
-learning-rate search, data, SASRec, corpus and CPT). A trial runs the pipeline up to its
+searched key changes are built once before the trials start (``pipeline.build_shared``: for an
+LLM learning-rate search, data, SASRec, corpus and CPT). A trial runs the pipeline up to its
 validating step (ID models: their stage, which also tests; LLM models: SFT, which validates); the chosen trial, picked by valid hr@1 (x valid_ratio for generation), alone is
 evaluated on test. Ray 2.6.3: the version RecBole 1.2.1 pins (and imports at start-up); its
 ``Tuner`` / ``TuneConfig`` / ``air.RunConfig`` / ``air.session.report`` API.
@@ -24,9 +24,15 @@ import pandas as pd
 
 from cprec_recbole.command import build_config
 from cprec_recbole.config_check import check_config
-from cprec_recbole.errors import ConfigError
+from cprec_recbole.errors import ConfigError, RunError, within
 from cprec_recbole.io import write_json, write_text
-from cprec_recbole.pipeline import run_pipeline, run_shared, valid_metrics, validating_step
+from cprec_recbole.pipeline import (
+    RunSpec,
+    build_shared,
+    run_pipeline,
+    valid_metrics,
+    validating_step,
+)
 from cprec_recbole.plugins import Plugins, load_plugins
 from cprec_recbole.results import markdown_table
 from cprec_recbole.run_config import RunConfig
@@ -43,6 +49,9 @@ def grid(space: Mapping[str, Iterable]) -> list[dict[str, Any]]:
         raise ConfigError(f"tune_space must map config keys to lists of values, got {space!r}")
     keys = list(space)
     values = [v if isinstance(v, list | tuple) else [v] for v in space.values()]
+    empty = [key for key, listed in zip(keys, values, strict=True) if not listed]
+    if empty:
+        raise ConfigError(f"tune_space lists no values for {', '.join(map(str, empty))}")
     return [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*values)]
 
 
@@ -90,6 +99,35 @@ def trial_resources(config: Mapping) -> dict[str, float]:
     return {"cpu": float(cpus), "gpu": float(gpu)}
 
 
+def trial_specs(
+    model: str,
+    dataset: str,
+    config: Mapping,
+    plugins: Plugins,
+    config_files: list[str],
+    overrides: Mapping[str, Any],
+) -> tuple[list[dict[str, Any]], list[RunSpec]]:
+    """The grid's points and each trial's run (checked, all before any trial starts): the
+    pipeline up to its validating step."""
+    step = validating_step(plugins.models.get(model))
+    if step is None:
+        raise ConfigError(f"--tune=true: model {model} trains nothing, so no trial can differ")
+    points = grid(config.get("tune_space"))
+    specs = []
+    for i, point in enumerate(points):
+        wanted = {**overrides, **point}
+        with within(f"tune_space point {point}"):
+            trial_config = build_config(model, dataset, plugins, config_files, wanted)
+            check_config(trial_config, plugins, config_files, wanted)
+        specs.append(RunSpec(f"trial {i} {point}", model, RunConfig(trial_config), step))
+    return points, specs
+
+
+def search_overrides(overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """The overrides every trial shares: the command's, less the search's own keys."""
+    return {k: v for k, v in overrides.items() if k not in TUNE_KEYS}
+
+
 def run_tune(
     model: str,
     dataset: str,
@@ -105,18 +143,10 @@ def run_tune(
     import ray
     from ray import air, tune
 
-    if validating_step(plugins.models.get(model)) is None:
-        raise ConfigError(f"--tune=true: model {model} trains nothing, so no trial can differ")
-    points = grid(config.get("tune_space"))
-    overrides = absolute_paths({k: v for k, v in overrides.items() if k not in TUNE_KEYS})
+    overrides = absolute_paths(search_overrides(overrides))
     config_files = [str(Path(p).resolve()) for p in config_files]
     plugin_files = [str(Path(p).resolve()) for p in plugin_files]
-    configs = [
-        build_config(model, dataset, plugins, config_files, {**overrides, **point})
-        for point in points
-    ]
-    for point, point_config in zip(points, configs, strict=True):  # before any trial starts
-        check_config(point_config, plugins, config_files, {**overrides, **point})
+    points, specs = trial_specs(model, dataset, config, plugins, config_files, overrides)
     space_key = config_hash(
         {
             "model": model,
@@ -128,7 +158,7 @@ def run_tune(
     )
     folder = Path(config["output_dir"]).resolve() / "tune" / f"{model}-{dataset}-{space_key}"
     logger.info("tune: %d trials of %s on %s into %s", len(points), model, dataset, folder)
-    run_shared(model, RunConfig(configs[0]), plugins, points[0], force)
+    build_shared(specs, plugins, force)
     resources = trial_resources(config)
     setup = {
         "model": model,
@@ -136,7 +166,7 @@ def run_tune(
         "overrides": overrides,
         "config_files": config_files,
         "plugin_files": plugin_files,
-        "force": [],  # forced stages are rebuilt once, by run_shared, not by every trial
+        "force": [],  # forced stages are rebuilt once, by build_shared, not by every trial
         "cpus": resources["cpu"],
     }
     address = config.get("ray_address")
@@ -153,12 +183,16 @@ def run_tune(
     )
     grid_results = tuner.fit()
     table = trial_table(grid_results, points)
+    write_text(folder / "trials.csv", table.to_csv(index=False))
     if table["error"].notna().any():
         failed = table[table["error"].notna()]
-        raise RuntimeError(f"tune: {len(failed)} trial(s) failed:\n{failed.to_string()}")
+        first = failed.iloc[0]["error"].splitlines()[0]
+        raise RunError(
+            f"tune: {len(failed)} of {len(table)} trials failed (trial {failed.iloc[0]['trial']}: "
+            f"{first}); each trial's error is in {folder / 'trials.csv'}, Ray's logs under {folder}"
+        )
     best = table.loc[table["score"].idxmax()]
     chosen = points[int(best["trial"])]
-    write_text(folder / "trials.csv", table.to_csv(index=False))
     write_text(folder / "trials.md", _markdown(table, chosen))
     logger.info("tune: chosen %s (valid score %.4f)\n%s", chosen, best["score"], table.to_string())
     summary = {

@@ -199,16 +199,23 @@ def register_experiments(register):
 """
 
 
-def test_a_plugin_experiment_runs_seeds_and_writes_its_report(tmp_path, tiny_base, capsys):
+def mini_experiment(tmp_path, tiny_base, head: str, gru4rec: str = "") -> list[str]:
+    """The command running ``mini``, a plugin's experiment of SASRec and GRU4Rec on Tiny."""
     (tmp_path / "mini.yaml").write_text(
-        "description: two ID models\nseeds: 2\nfigure: bars\nruns:\n"
+        f"{head}runs:\n"
         f"  - {{model: SASRec, overrides: {TINY_SIZES['SASRec']}}}\n"
-        f"  - {{model: GRU4Rec, overrides: {TINY_SIZES['GRU4Rec']}}}\n"
+        f"  - {{model: GRU4Rec, overrides: {TINY_SIZES['GRU4Rec']}{gru4rec}}}\n"
     )
     plugin = tmp_path / "mini_experiment.py"
     plugin.write_text(EXPERIMENT_PLUGIN)
     args = [f"--{k}={v}" for k, v in {**tiny_base, "epochs": 1}.items()]
-    assert main(["--experiment=mini", "--dataset=Tiny", f"--plugin={plugin}", *args]) == 0
+    return ["--experiment=mini", "--dataset=Tiny", f"--plugin={plugin}", *args]
+
+
+def test_a_plugin_experiment_runs_seeds_and_writes_its_report(tmp_path, tiny_base, capsys):
+    head = "description: two ID models\nseeds: 2\nfigure: bars\n"
+    command = mini_experiment(tmp_path, tiny_base, head)
+    assert main(command) == 0
     folder = tmp_path / "saved" / "experiments" / "mini-Tiny"
     assert f"report: {folder / 'report.md'}" in capsys.readouterr().out
     rows = pd.read_csv(folder / "results.csv")
@@ -222,7 +229,7 @@ def test_a_plugin_experiment_runs_seeds_and_writes_its_report(tmp_path, tiny_bas
     report = (folder / "report.md").read_text()
     assert "| model | hr@1 | hr@3 |" in report and " ± " in report and "mini.png" in report
     assert (folder / "mini.png").stat().st_size > 1000
-    again = main(["--experiment=mini", "--dataset=Tiny", f"--plugin={plugin}", *args])
+    again = main(command)
     reread = pd.read_csv(folder / "results.csv").drop(columns="seconds")
     assert again == 0 and reread.equals(rows.drop(columns="seconds"))  # all stages reused
 
@@ -258,3 +265,42 @@ def test_a_config_file_key_only_some_arms_read_reaches_those_arms(tmp_path, tiny
     err = capsys.readouterr().err
     assert f"run GRU4Rec: unknown config key 'hiden_size' ({extra}:2)" in err
     assert "eval_users" not in err
+
+
+def test_plan_of_an_experiment_lists_the_shared_stages_once_and_builds_nothing(
+    tmp_path, tiny_base, capsys
+):
+    command = mini_experiment(tmp_path, tiny_base, "seeds: 2\n", ", seed_key: null")
+    assert main([*command, "--plan"]) == 0
+    assert not (tmp_path / "saved").exists()
+    groups = capsys.readouterr().out.strip().split("\n\n")
+    titles = [group.splitlines()[0] for group in groups]
+    assert titles == [
+        "shared (built once, before the runs):",
+        "SASRec seed 0:",
+        "SASRec seed 1:",
+        "GRU4Rec seed 0:",
+    ]
+    stages = [[row.split()[0] for row in group.splitlines()[2:]] for group in groups]
+    assert stages == [["data"], ["rec_model"], ["rec_model"], ["rec_model"]]
+    assert all(" to build " in row for group in groups for row in group.splitlines()[2:])
+
+
+def test_an_experiment_builds_its_shared_stages_before_its_runs(tmp_path, tiny_base, plugins):
+    from cprec_recbole.command import build_config
+    from cprec_recbole.pipeline import RunSpec, build_shared
+    from cprec_recbole.run_config import RunConfig
+
+    base = {**tiny_base, **TINY_SIZES["SASRec"], "epochs": 1}
+    specs = [
+        RunSpec(
+            f"seed {seed}",
+            "SASRec",
+            RunConfig(build_config("SASRec", "Tiny", plugins, (), {**base, "seed": seed})),
+        )
+        for seed in (1, 2)
+    ]
+    (shared,) = build_shared(specs, plugins)
+    saved = tmp_path / "saved"
+    assert shared.parent == saved / "data" and (shared / "manifest.json").is_file()
+    assert not (saved / "rec_model").exists()  # each run's own stage is left to the run

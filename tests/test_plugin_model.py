@@ -19,7 +19,8 @@ def stage_kinds(saved: Path) -> dict[str, int]:
 
 
 def test_a_plugin_model_is_planned_trained_and_evaluated_by_its_pipeline(tiny_sft):
-    entries = plan("TextLLaRA", "Tiny", overrides=tiny_sft, plugin_files=[TEXT_LLARA])
+    config, plugins, _ = setup("TextLLaRA", "Tiny", overrides=tiny_sft, plugin_files=[TEXT_LLARA])
+    ((_, entries),) = plan(config, plugins)
     assert [(e.stage, e.state) for e in entries] == [
         ("data", "to build"),
         ("sft", "to build"),
@@ -32,7 +33,7 @@ def test_a_plugin_model_is_planned_trained_and_evaluated_by_its_pipeline(tiny_sf
     assert results["test"]["users"] == 12 and results["valid"]["users"] == 8
     sft = json.loads((Path(results["stages"]["sft"]) / "manifest.json").read_text())
     assert sft["config"]["rec_model_stage"] is None and sft["config"]["model"] == "TextLLaRA"
-    again = plan("TextLLaRA", "Tiny", overrides=tiny_sft, plugin_files=[TEXT_LLARA])
+    ((_, again),) = plan(config, plugins)
     assert {e.state for e in again} == {"cached"}
 
 

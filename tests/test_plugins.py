@@ -48,13 +48,14 @@ def test_duplicate_name_is_an_error_naming_both_plugins(tmp_path):
     assert "cprec_recbole.builtin.recbole_models" in message and str(path) in message
 
 
-def test_plugin_that_raises_on_import_is_reported_with_file_and_traceback(tmp_path):
+def test_plugin_that_raises_on_import_is_reported_in_one_line_with_file_and_line(tmp_path):
     path = tmp_path / "broken.py"
     path.write_text("import math\n\ndef helper():\n    return 1 / 0\n\nhelper()\n")
     with pytest.raises(PluginError) as info:
         load_plugins([path])
     message = str(info.value)
-    assert str(path) in message and "ZeroDivisionError" in message and "line 6" in message
+    assert "ZeroDivisionError: division by zero" in message and f"(at {path}:4)" in message
+    assert "\n" not in message
 
 
 def test_missing_plugin_file_is_named():

@@ -47,6 +47,22 @@ def test_a_model_that_trains_nothing_is_refused_before_ray_starts(tiny_base):
     assert not (Path(tiny_base["output_dir"]) / "tune").exists()
 
 
+def test_plan_of_a_search_lists_the_shared_stages_once_then_each_trials_own(tiny_sft, capsys):
+    from cprec_recbole.cli import main
+
+    searched = {**tiny_sft, "tune": True, "tune_space": "{learning_rate: [0.001, 0.003]}"}
+    args = [f"--{k}={json.dumps(v) if isinstance(v, dict) else v}" for k, v in searched.items()]
+    assert main(["--model=LLaRA", "--dataset=Tiny", "--plan", *args]) == 0
+    assert not Path(tiny_sft["output_dir"]).exists()
+    groups = capsys.readouterr().out.strip().split("\n\n")
+    stages = {g.splitlines()[0]: [r.split()[0] for r in g.splitlines()[2:]] for g in groups}
+    assert stages == {
+        "shared (built once, before the runs):": ["data", "rec_model"],
+        "trial 0 {'learning_rate': 0.001}:": ["sft"],  # a trial stops at its validating step
+        "trial 1 {'learning_rate': 0.003}:": ["sft"],
+    }
+
+
 def test_sasrec_search_picks_the_learning_rate_that_learns(tiny_overrides):
     """1e-7 leaves SASRec at chance on Tiny's cyclic walks, 1e-2 learns them: the answer is known."""
     overrides = {
