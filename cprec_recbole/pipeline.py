@@ -10,7 +10,6 @@ then each run the rest (a search's trials up to the step that validates).
 
 from __future__ import annotations
 
-import importlib
 import json
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
@@ -21,7 +20,7 @@ from typing import Any
 from cprec_recbole.errors import ConfigError
 from cprec_recbole.plugins import Plugins
 from cprec_recbole.run_config import RunConfig
-from cprec_recbole.stages import EVERY, PlanEntry, planning, read_manifest
+from cprec_recbole.stages import PlanEntry, planning, read_manifest
 
 #: The pipeline of a model class that declares none: a RecBole model, trained by the ID stage.
 ID_PIPELINE = ("data", "rec_model")
@@ -55,14 +54,12 @@ class PipelineRun:
 
 @dataclass(frozen=True)
 class Step:
-    """One step: ``run`` builds or reuses the ``stage`` folder and returns it; ``reads`` names the
-    keys of the run's config that decide its result (``EVERY``: all of them), which tells a
-    search whether its trials share the step; ``valid`` reads a validating step's valid metrics
-    from its folder (what a search compares; the test split stays untouched)."""
+    """One step: ``run`` builds or reuses the ``stage`` folder and returns it; ``valid`` reads a
+    validating step's valid metrics from its folder (what a search compares; the test split
+    stays untouched). Which runs share a step is found by walking them (:func:`build_shared`)."""
 
     stage: str
     run: Callable[[PipelineRun], Path]
-    reads: Callable[[PipelineRun], Iterable[str]]
     valid: Callable[[Path], Mapping[str, Any]] | None = None
 
 
@@ -126,30 +123,16 @@ def _sft_valid(folder: Path) -> Mapping[str, Any]:
     return read_manifest(folder)["metrics"]["best_valid"]
 
 
-def _stage_reads(module: str, stage: str) -> Callable[[PipelineRun], Iterable[str]]:
-    """The declared reads of the ``Stage`` object ``module.stage`` (imported when asked)."""
-    return lambda run: getattr(importlib.import_module(module), stage).reads
-
-
-def _cpt_reads(run: PipelineRun) -> Iterable[str]:
-    from cprec_recbole.llm.cpt import CPT_STAGE, cpt_extra_reads
-
-    return (*CPT_STAGE.reads, *cpt_extra_reads(run.config, run.plugins))
-
-
 STEPS: dict[str, Step] = {
-    "data": Step("data", _data, _stage_reads("cprec_recbole.data.prepare", "DATA")),
-    "item_text": Step(
-        "item_text", _item_text, _stage_reads("cprec_recbole.text_encoder", "ITEM_TEXT")
-    ),
-    # a RecBole model: its stage reads the model's whole config
-    "rec_model": Step("rec_model", _rec_model, lambda run: EVERY, valid=_results_valid),
+    "data": Step("data", _data),
+    "item_text": Step("item_text", _item_text),
+    "rec_model": Step("rec_model", _rec_model, valid=_results_valid),  # a RecBole model
     # an LLM model's SASRec: stock settings plus rec_model_overrides, as --model=SASRec trains it
-    "sasrec": Step("rec_model", _sasrec, lambda run: ("dataset", "rec_model_overrides")),
-    "corpus": Step("corpus", _corpus, _stage_reads("cprec_recbole.data.corpus", "CORPUS")),
-    "cpt": Step("cpt", _cpt, _cpt_reads),
-    "sft": Step("sft", _sft, lambda run: run.recommender().reads("sft"), valid=_sft_valid),
-    "eval": Step("eval", _eval, lambda run: run.recommender().reads("eval")),
+    "sasrec": Step("rec_model", _sasrec),
+    "corpus": Step("corpus", _corpus),
+    "cpt": Step("cpt", _cpt),
+    "sft": Step("sft", _sft, valid=_sft_valid),
+    "eval": Step("eval", _eval),
 }
 
 

@@ -140,9 +140,6 @@ def run_tune(
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Search ``tune_space`` and write the trial table; returns the chosen point and the
     search's summary (:func:`record_choice` adds the chosen point's test results)."""
-    import ray
-    from ray import air, tune
-
     overrides = absolute_paths(search_overrides(overrides))
     config_files = [str(Path(p).resolve()) for p in config_files]
     plugin_files = [str(Path(p).resolve()) for p in plugin_files]
@@ -169,28 +166,7 @@ def run_tune(
         "force": [],  # forced stages are rebuilt once, by build_shared, not by every trial
         "cpus": resources["cpu"],
     }
-    address = config.get("ray_address")
-    if not ray.is_initialized():
-        if address:
-            ray.init(address=address, log_to_driver=False)
-        else:
-            ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
-    tuner = tune.Tuner(
-        tune.with_resources(tune.with_parameters(trial, setup=setup), resources),
-        param_space={"point": tune.grid_search(points)},
-        tune_config=tune.TuneConfig(metric="score", mode="max", chdir_to_trial_dir=False),
-        run_config=air.RunConfig(storage_path=str(folder), name="ray", verbose=0),
-    )
-    grid_results = tuner.fit()
-    table = trial_table(grid_results, points)
-    write_text(folder / "trials.csv", table.to_csv(index=False))
-    if table["error"].notna().any():
-        failed = table[table["error"].notna()]
-        first = failed.iloc[0]["error"].splitlines()[0]
-        raise RunError(
-            f"tune: {len(failed)} of {len(table)} trials failed (trial {failed.iloc[0]['trial']}: "
-            f"{first}); each trial's error is in {folder / 'trials.csv'}, Ray's logs under {folder}"
-        )
+    table = fit_trials(points, setup, resources, folder, config.get("ray_address"))
     best = table.loc[table["score"].idxmax()]
     chosen = points[int(best["trial"])]
     write_text(folder / "trials.md", _markdown(table, chosen))
@@ -202,6 +178,37 @@ def run_tune(
         "tune_folder": str(folder),
     }
     return chosen, summary
+
+
+def fit_trials(
+    points: list[dict], setup: dict, resources: dict, folder: Path, address: str | None
+) -> pd.DataFrame:
+    """Run a Ray Tune grid trial per point and write ``trials.csv``; a failed trial stops the
+    search with one line that says where each trial's error is."""
+    import ray
+    from ray import air, tune
+
+    if not ray.is_initialized():
+        if address:
+            ray.init(address=address, log_to_driver=False)
+        else:
+            ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+    tuner = tune.Tuner(
+        tune.with_resources(tune.with_parameters(trial, setup=setup), resources),
+        param_space={"point": tune.grid_search(points)},
+        tune_config=tune.TuneConfig(metric="score", mode="max", chdir_to_trial_dir=False),
+        run_config=air.RunConfig(storage_path=str(folder), name="ray", verbose=0),
+    )
+    table = trial_table(tuner.fit(), points)
+    write_text(folder / "trials.csv", table.to_csv(index=False))
+    if table["error"].notna().any():
+        failed = table[table["error"].notna()]
+        first = failed.iloc[0]["error"].splitlines()[0]
+        raise RunError(
+            f"tune: {len(failed)} of {len(table)} trials failed (trial {failed.iloc[0]['trial']}: "
+            f"{first}); each trial's error is in {folder / 'trials.csv'}, Ray's logs under {folder}"
+        )
+    return table
 
 
 def record_choice(summary: Mapping[str, Any], results: Mapping[str, Any]) -> dict:

@@ -164,10 +164,6 @@ class LLMRecommender:
         state = load_checkpoint(self.rec_folder / "model.pth")["state_dict"]
         return state["item_embedding.weight"].float()
 
-    def reads(self, stage: str) -> tuple[str, ...]:
-        """The keys the ``sft`` or ``eval`` stage reads, the scheduler's own keys included."""
-        return (*{"sft": SFT, "eval": EVAL}[stage].reads, *self.declared()["extra_reads"])
-
     def declared(self) -> dict:
         """The LLM stages' inputs and derived values (what the template and model names stand
         for) and the schedule's own keys: ``run_stage``'s arguments beyond stage and config."""
