@@ -11,6 +11,7 @@ import torch
 from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
 from cprec_recbole.builtin.prompt_templates import LLARA_HYBRID, LLARA_TEXT, SENTENCE
+from cprec_recbole.config import PROPERTIES, read_yaml
 from cprec_recbole.llm.backbone import add_special_tokens, load_backbone
 from cprec_recbole.llm.batching import LLMSample
 from cprec_recbole.plugins import load_plugins
@@ -34,7 +35,19 @@ TEMPLATE_TOKENS = list(dict.fromkeys(LLARA_HYBRID.special_tokens + LLARA_TEXT.sp
 
 
 CORPUS = [SENTENCE, "game item movie"] + [f" {t}\n" for t in TITLES.values()] * 3
-CONFIG = {"llm_backbone": "tiny-random", "seed": 0, "dtype": "fp32", "device": "cpu"}
+#: LoRA settings as properties/ declares them (the code holds no defaults of its own).
+LORA_DEFAULTS = {
+    k: v
+    for k, v in read_yaml(PROPERTIES / "model" / "LLMRecommender.yaml").items()
+    if k.startswith("lora_")
+}
+CONFIG = {
+    **LORA_DEFAULTS,
+    "llm_backbone": "tiny-random",
+    "seed": 0,
+    "dtype": "fp32",
+    "device": "cpu",
+}
 
 
 def tiny_backbone() -> tuple[LlamaForCausalLM, PreTrainedTokenizerFast]:

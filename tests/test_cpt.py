@@ -29,20 +29,7 @@ from cprec_recbole.llm.loop import (
 from cprec_recbole.llm.sft import trainable_state
 from cprec_recbole.quick_start import run
 from tests.conftest import REPO, cyclic_sequences, write_dataset
-from tests.llm_fixtures import tiny_backbone
-
-#: LoRA settings for the loops built by hand here (runs take them from properties/).
-LORA = {
-    "lora_target_modules": [
-        "q_proj",
-        "k_proj",
-        "v_proj",
-        "o_proj",
-        "gate_proj",
-        "up_proj",
-        "down_proj",
-    ]
-}
+from tests.llm_fixtures import LORA_DEFAULTS, tiny_backbone
 
 PHASE = np.array([0] * 40 + [1] * 10)  # 40 domain-specific then 10 mixed corpus rows
 
@@ -305,7 +292,9 @@ def test_the_loop_clips_each_steps_gradient_norm(tmp_path):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 def test_mixed_precision_runs_adapters_in_the_backbones_half_dtype_on_fp32_weights(dtype):
     base, _ = tiny_backbone()
-    model = add_lora(base.to(dtype), {**LORA, "lora_r": 4, "lora_alpha": 8, "lora_dropout": 0.0})
+    model = add_lora(
+        base.to(dtype), {**LORA_DEFAULTS, "lora_r": 4, "lora_alpha": 8, "lora_dropout": 0.0}
+    )
     seen: list[torch.dtype] = []
     adapters = [m for n, m in model.named_modules() if n.endswith("lora_A.default")]
     for adapter in adapters:
@@ -336,7 +325,7 @@ def test_a_compiled_loop_trains_as_eager_does_and_resumes_bit_identically(tmp_pa
     def train(folder: Path, compile: bool, steps: Plan) -> tuple[dict, TrainLoop]:
         base, _ = tiny_backbone()
         torch.manual_seed(0)
-        lora = {**LORA, "lora_r": 4, "lora_alpha": 8, "lora_dropout": 0.0}
+        lora = {**LORA_DEFAULTS, "lora_r": 4, "lora_alpha": 8, "lora_dropout": 0.0}
         model = add_lora(base.to(torch.bfloat16), lora)
         optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
