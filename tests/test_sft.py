@@ -8,6 +8,7 @@ import pytest
 import torch
 from llm_fixtures import (  # noqa: F401  (pytest fixtures)
     ITEM_INDEX,
+    LORA_DEFAULTS,
     TITLES,
     one_thread_fixture,
     samples,
@@ -157,7 +158,9 @@ def test_the_sft_artifact_is_a_peft_adapter_that_from_pretrained_loads_to_the_sa
     tiny_tokenizer, tiny_model, plugins, tmp_path
 ):
     users = samples(4)
-    model = add_lora(tiny_model, {"lora_r": 4, "lora_alpha": 8, "lora_dropout": 0.0})
+    model = add_lora(
+        tiny_model, {**LORA_DEFAULTS, "lora_r": 4, "lora_alpha": 8, "lora_dropout": 0.0}
+    )
     ctx = hybrid_context(model)
     setup = setup_for(tiny_tokenizer, ctx, users, plugins)
     SFTTrainer(model, ctx.projector, setup, sft_config(epochs=2), tmp_path).train()
