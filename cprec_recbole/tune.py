@@ -7,8 +7,10 @@ and trials that differ write different folders. The steps of the model's pipelin
 searched key changes are built once before the trials start (``run_shared``: for an LLM
 learning-rate search, data, SASRec, corpus and CPT). A trial runs the pipeline up to its
 validating step (ID models: their stage, which also tests; LLM models: SFT, which validates); the chosen trial, picked by valid hr@1 (x valid_ratio for generation), alone is
-evaluated on test. Ray 2.6.3: the version RecBole 1.2.1 pins (and imports at start-up); its
-``Tuner`` / ``TuneConfig`` / ``air.RunConfig`` / ``air.session.report`` API.
+evaluated on test. Ray (>= 2.40) is the optional ``[tune]`` extra: :func:`prepare_search` joins
+it (cprec_recbole/ray_cluster.py) before anything is written. The search is a ``ray.tune.Tuner``
+under ``saved/tune/<model>-<dataset>-<hash>/ray``; run again, an interrupted search is restored
+from there (``Tuner.restore``): finished trials are kept, errored or unfinished ones run again.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from cprec_recbole.errors import ConfigError
 from cprec_recbole.io import write_json, write_text
 from cprec_recbole.pipeline import run_pipeline, run_shared, valid_metrics, validating_step
 from cprec_recbole.plugins import Plugins, load_plugins
+from cprec_recbole.ray_cluster import connect
 from cprec_recbole.results import markdown_table
 from cprec_recbole.run_config import RunConfig
 from cprec_recbole.stages import config_hash
@@ -63,7 +66,7 @@ def absolute_paths(overrides: Mapping[str, Any]) -> dict[str, Any]:
 def trial(params: dict, setup: dict) -> None:
     """One Ray Tune trial: the base overrides plus its grid point, reported to Tune."""
     import torch
-    from ray.air import session
+    from ray import tune
 
     torch.set_num_threads(max(1, int(setup["cpus"])))
     plugins = load_plugins(setup["plugin_files"])
@@ -75,7 +78,7 @@ def trial(params: dict, setup: dict) -> None:
     run = run_pipeline(setup["model"], RunConfig(config), plugins, until=step)
     valid = valid_metrics(run, step)
     numbers = {f"valid_{k}": v for k, v in valid.items() if isinstance(v, int | float)}
-    session.report({"score": selection_score(valid), **numbers})
+    tune.report({"score": selection_score(valid), **numbers})
 
 
 def trial_resources(config: Mapping) -> dict[str, float]:
@@ -102,11 +105,9 @@ def run_tune(
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Search ``tune_space`` and write the trial table; returns the chosen point and the
     search's summary (:func:`record_choice` adds the chosen point's test results)."""
-    import ray
-    from ray import air, tune
+    from ray import tune
 
-    if validating_step(plugins.models.get(model)) is None:
-        raise ConfigError(f"--tune=true: model {model} trains nothing, so no trial can differ")
+    prepare_search(model, config, plugins)
     points = grid(config.get("tune_space"))
     overrides = absolute_paths({k: v for k, v in overrides.items() if k not in TUNE_KEYS})
     config_files = [str(Path(p).resolve()) for p in config_files]
@@ -139,18 +140,17 @@ def run_tune(
         "force": [],  # forced stages are rebuilt once, by run_shared, not by every trial
         "cpus": resources["cpu"],
     }
-    address = config.get("ray_address")
-    if not ray.is_initialized():
-        if address:
-            ray.init(address=address, log_to_driver=False)
-        else:
-            ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
-    tuner = tune.Tuner(
-        tune.with_resources(tune.with_parameters(trial, setup=setup), resources),
-        param_space={"point": tune.grid_search(points)},
-        tune_config=tune.TuneConfig(metric="score", mode="max", chdir_to_trial_dir=False),
-        run_config=air.RunConfig(storage_path=str(folder), name="ray", verbose=0),
-    )
+    trainable = tune.with_resources(tune.with_parameters(trial, setup=setup), resources)
+    if tune.Tuner.can_restore(folder / "ray"):  # an interrupted search: keep its finished trials
+        logger.info("tune: resuming the search in %s", folder / "ray")
+        tuner = tune.Tuner.restore(str(folder / "ray"), trainable, restart_errored=True)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space={"point": tune.grid_search(points)},
+            tune_config=tune.TuneConfig(metric="score", mode="max"),
+            run_config=tune.RunConfig(storage_path=str(folder), name="ray", verbose=0),
+        )
     grid_results = tuner.fit()
     table = trial_table(grid_results, points)
     if table["error"].notna().any():
@@ -168,6 +168,14 @@ def run_tune(
         "tune_folder": str(folder),
     }
     return chosen, summary
+
+
+def prepare_search(model: str, config: Mapping, plugins: Plugins) -> None:
+    """Refuse a model no trial can change, then join Ray (``ray_address``, or a local one):
+    both before the command writes anything."""
+    if validating_step(plugins.models.get(model)) is None:
+        raise ConfigError(f"--tune=true: model {model} trains nothing, so no trial can differ")
+    connect(config.get("ray_address"))
 
 
 def record_choice(summary: Mapping[str, Any], results: Mapping[str, Any]) -> dict:
