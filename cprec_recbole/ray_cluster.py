@@ -85,8 +85,11 @@ def connect(address: str | None, purpose: str = "--tune=true") -> ModuleType:
     probe(address)
     try:
         ray.init(address=address, **quiet)
-    except ConnectionError as exc:
-        raise ConfigError(f"ray_address {address}: {exc}") from None
+    except ConnectionError as exc:  # it answers, but as no Ray we may join
+        raise ConfigError(
+            f"ray_address {address}: {exc} (a cluster with token authentication needs "
+            "RAY_AUTH_MODE=token and its token: ray get-auth-token)"
+        ) from None
     return ray
 
 
