@@ -1,5 +1,5 @@
 """Ray for the commands that spread work: ``--tune=true`` (cprec_recbole/tune.py) and, with
-``--ray_address``, any list of independent jobs (:func:`map_tasks`, e.g. corpus shards).
+``--ray_address``, the corpus shards and any other independent jobs (cprec_recbole/tasks.py).
 
 Ray is the optional ``[tune]`` extra (the base install has none), so every entry point calls
 :func:`connect` before it writes anything: a missing Ray, or an address where nothing answers,
@@ -11,9 +11,7 @@ hence the TCP probe with :data:`CONNECT_TIMEOUT_S`. Without an address Ray start
 from __future__ import annotations
 
 import socket
-from collections.abc import Callable, Iterable
 from types import ModuleType
-from typing import Any
 from urllib.parse import urlsplit
 
 from cprec_recbole.errors import ConfigError
@@ -85,25 +83,11 @@ def connect(address: str | None, purpose: str = "--tune=true") -> ModuleType:
     probe(address)
     try:
         ray.init(address=address, **quiet)
-    except ConnectionError as exc:  # it answers, but as no Ray we may join
+    except (ConnectionError, RuntimeError) as exc:  # it answers, but as no Ray we may join
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConfigError(
-            f"ray_address {address}: {exc} (a cluster with token authentication needs "
-            "RAY_AUTH_MODE=token and its token: ray get-auth-token)"
+            f"ray_address {address}: cannot join that Ray cluster ({first}); it needs the same "
+            "Ray version, and RAY_AUTH_MODE=token with its token where it has token "
+            "authentication (ray get-auth-token)"
         ) from None
     return ray
-
-
-def map_tasks(fn: Callable[[Any], Any], items: Iterable[Any], num_cpus: float = 1) -> list:
-    """``fn(item)`` for every item, each a Ray task of ``num_cpus`` on the cluster
-    :func:`connect` joined; the results in the items' order. ``fn`` must be importable by the
-    cluster's workers (a module-level function of an installed package)."""
-    ray = require_ray("map_tasks")
-    if not ray.is_initialized():
-        raise RuntimeError("map_tasks: call ray_cluster.connect(address) first")
-    remote = ray.remote(num_cpus=num_cpus)(_call)
-    return ray.get([remote.remote(fn, item) for item in items])
-
-
-def _call(fn: Callable[[Any], Any], item: Any) -> Any:
-    """A Ray task's body: ``ray.remote`` takes Python functions, not builtins or callables."""
-    return fn(item)

@@ -5,7 +5,7 @@ interruption; a missing Ray or an address where nothing answers stops the comman
 from __future__ import annotations
 
 import json
-import math
+import operator
 import os
 import shutil
 import signal
@@ -21,7 +21,8 @@ import pytest
 
 from cprec_recbole.errors import ConfigError
 from cprec_recbole.quick_start import run
-from cprec_recbole.ray_cluster import INSTALL, connect, map_tasks
+from cprec_recbole.ray_cluster import INSTALL
+from cprec_recbole.tasks import run_tasks
 from cprec_recbole.tune import grid, selection_score
 from tests.conftest import REPO
 
@@ -186,9 +187,10 @@ def test_an_interrupted_search_resumes_without_redoing_its_finished_trial(
     assert results["tune"]["chosen"] == {"learning_rate": 1e-2}
 
 
-def test_map_tasks_runs_each_item_as_a_task_on_the_cluster(ray_address):
-    connect(ray_address)
-    assert map_tasks(math.factorial, [3, 4, 5]) == [6, 24, 120]
+def test_independent_tasks_run_on_the_cluster_at_ray_address(ray_address):
+    """The corpus shards' path (tasks.run_tasks) on a cluster joined by its address."""
+    done = run_tasks(operator.add, [1, 2, 3], 10, ray_address)
+    assert sorted(done) == [(0, 11), (1, 12), (2, 13)]
 
 
 def test_an_address_where_nothing_answers_is_one_line_and_exit_2(tiny_base):
