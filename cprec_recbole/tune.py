@@ -153,9 +153,12 @@ def run_tune(
         )
     grid_results = tuner.fit()
     table = trial_table(grid_results, points)
-    if table["error"].notna().any():
+    if table["error"].notna().any() or len(table) < len(points):
         failed = table[table["error"].notna()]
-        raise RuntimeError(f"tune: {len(failed)} trial(s) failed:\n{failed.to_string()}")
+        raise RuntimeError(
+            f"tune: {len(points) - len(table) + len(failed)} of {len(points)} trial(s) failed or "
+            f"never started (run the command again to resume):\n{failed.to_string()}"
+        )
     best = table.loc[table["score"].idxmax()]
     chosen = points[int(best["trial"])]
     write_text(folder / "trials.csv", table.to_csv(index=False))
@@ -190,6 +193,8 @@ def trial_table(grid_results, points: list[dict]) -> pd.DataFrame:
     rows = []
     for result in grid_results:
         params = result.config  # the trial's Tune parameters
+        if params is None:  # a trial that never started (its driver stopped first)
+            continue
         point = params["point"]
         metrics = result.metrics or {}
         rows.append(

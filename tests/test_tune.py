@@ -44,18 +44,15 @@ def answers(address: tuple[str, int]) -> bool:
 @pytest.fixture(scope="module")
 def ray_address():
     """A Ray head on loopback for the module (starting one costs seconds): its own temp dir, so
-    no other process on this machine finds it as the 'current' cluster. Without token
-    authentication (which ``ray start`` turns on once ~/.ray/auth_token exists): this process may
-    or may not have switched Ray's auth mode, by a local ``ray.init`` of an earlier test, and Ray
-    reads it once per process."""
+    no other process on this machine finds it as the 'current' cluster; in the auth mode
+    conftest sets for every Ray of the session."""
     ray = pytest.importorskip("ray")
     port, temp = free_port(), tempfile.mkdtemp(prefix="ray", dir="/tmp")
     command = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block"]
     command += [f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=2"]
     command += ["--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp}"]
     command += ["--object-store-memory=200000000"]
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
-    head = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    head = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 90
     while not answers(("127.0.0.1", port)) and time.monotonic() < deadline:
         time.sleep(0.5)
