@@ -35,6 +35,10 @@ def run(
     metrics, ``folder``: the stage holding them, ``stages``: every stage's folder)."""
     config, plugins, plugin_files = setup(model, dataset, config_files, overrides, plugin_files)
     launch(config)
+    if config.get("tune"):  # a search that cannot start stops before any log is written
+        from cprec_recbole.tune import prepare_search
+
+        prepare_search(model, config, plugins)
     rank = f"-rank{distributed.rank()}" if distributed.world_size() > 1 else ""
     setup_logging(Path(config["output_dir"]) / "log", f"{model}-{dataset}{rank}")
     logger.info(

@@ -2,7 +2,8 @@
 
 The corpus shards go through :func:`run_tasks`: the same function and arguments either way, so a
 result never depends on where it ran. Ray is optional (the ``[tune]`` extra) and used through its
-plain ``ray.remote`` / ``ray.wait`` API only when an address is configured.
+plain ``ray.remote`` / ``ray.wait`` API only when an address is configured; joining it, and the
+one-line errors where that fails, are cprec_recbole/ray_cluster.py's.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from cprec_recbole.errors import ConfigError, DataError
+from cprec_recbole.ray_cluster import connect
 
 
 def run_tasks(
@@ -30,26 +32,6 @@ def run_tasks(
     yield from _ray_tasks(fn, inputs, shared, ray_address)
 
 
-def _connect(address: str):
-    try:
-        import ray
-    except ImportError:
-        raise ConfigError(
-            f"ray_address is {address!r} but Ray is not installed; install the [tune] extra "
-            "or set ray_address: null to run here"
-        ) from None
-    if not ray.is_initialized():
-        try:
-            ray.init(address=address, log_to_driver=False)
-        except (ConnectionError, RuntimeError) as exc:  # no cluster there, or another Ray's
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ConfigError(
-                f"ray_address={address!r}: cannot join that Ray cluster ({first}); start one "
-                "with the same Ray version (ray start --head) or set ray_address: null"
-            ) from None
-    return ray
-
-
 def _pickled_call(fn: Callable[[Any, Any], Any], item: bytes, shared: Any) -> bytes:
     """``fn`` on a pickled input, its result pickled: Ray moves plain bytes, so no serializer of
     its own (Ray 2.6's for Arrow tables breaks on current setuptools) touches the data."""
@@ -57,7 +39,7 @@ def _pickled_call(fn: Callable[[Any, Any], Any], item: bytes, shared: Any) -> by
 
 
 def _ray_tasks(fn, inputs: Iterable[Any], shared: Any, address: str) -> Iterator[tuple[int, Any]]:
-    ray = _connect(address)
+    ray = connect(address, purpose=f"ray_address={address!r}")
     remote = ray.remote(_pickled_call)
     shared_ref = ray.put(shared)
     limit = max(1, int(ray.cluster_resources().get("CPU", 1)))

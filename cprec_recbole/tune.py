@@ -7,8 +7,10 @@ and trials that differ write different folders. The steps of the model's pipelin
 searched key changes are built once before the trials start (``pipeline.build_shared``: for an
 LLM learning-rate search, data, SASRec, corpus and CPT). A trial runs the pipeline up to its
 validating step (ID models: their stage, which also tests; LLM models: SFT, which validates); the chosen trial, picked by valid hr@1 (x valid_ratio for generation), alone is
-evaluated on test. Ray 2.6.3: the version RecBole 1.2.1 pins (and imports at start-up); its
-``Tuner`` / ``TuneConfig`` / ``air.RunConfig`` / ``air.session.report`` API.
+evaluated on test. Ray (>= 2.40) is the optional ``[tune]`` extra: :func:`prepare_search` joins
+it (cprec_recbole/ray_cluster.py) before anything is written. The search is a ``ray.tune.Tuner``
+under ``saved/tune/<model>-<dataset>-<hash>/ray``; run again, an interrupted search is restored
+from there (``Tuner.restore``): finished trials are kept, errored or unfinished ones run again.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from cprec_recbole.pipeline import (
     validating_step,
 )
 from cprec_recbole.plugins import Plugins, load_plugins
+from cprec_recbole.ray_cluster import connect
 from cprec_recbole.results import markdown_table
 from cprec_recbole.run_config import RunConfig
 from cprec_recbole.stages import config_hash
@@ -72,7 +75,7 @@ def absolute_paths(overrides: Mapping[str, Any]) -> dict[str, Any]:
 def trial(params: dict, setup: dict) -> None:
     """One Ray Tune trial: the base overrides plus its grid point, reported to Tune."""
     import torch
-    from ray.air import session
+    from ray import tune
 
     torch.set_num_threads(max(1, int(setup["cpus"])))
     plugins = load_plugins(setup["plugin_files"])
@@ -84,7 +87,7 @@ def trial(params: dict, setup: dict) -> None:
     run = run_pipeline(setup["model"], RunConfig(config), plugins, until=step)
     valid = valid_metrics(run, step)
     numbers = {f"valid_{k}": v for k, v in valid.items() if isinstance(v, int | float)}
-    session.report({"score": selection_score(valid), **numbers})
+    tune.report({"score": selection_score(valid), **numbers})
 
 
 def trial_resources(config: Mapping) -> dict[str, float]:
@@ -183,32 +186,42 @@ def run_tune(
 def fit_trials(
     points: list[dict], setup: dict, resources: dict, folder: Path, address: str | None
 ) -> pd.DataFrame:
-    """Run a Ray Tune grid trial per point and write ``trials.csv``; a failed trial stops the
-    search with one line that says where each trial's error is."""
-    import ray
-    from ray import air, tune
+    """Run a Ray Tune grid trial per point (or restore an interrupted search, keeping its
+    finished trials) and write ``trials.csv``; a failed or unstarted trial stops the search with
+    one line that says where each trial's error is."""
+    from ray import tune
 
-    if not ray.is_initialized():
-        if address:
-            ray.init(address=address, log_to_driver=False)
-        else:
-            ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
-    tuner = tune.Tuner(
-        tune.with_resources(tune.with_parameters(trial, setup=setup), resources),
-        param_space={"point": tune.grid_search(points)},
-        tune_config=tune.TuneConfig(metric="score", mode="max", chdir_to_trial_dir=False),
-        run_config=air.RunConfig(storage_path=str(folder), name="ray", verbose=0),
-    )
+    connect(address)  # already joined by prepare_search; a no-op then
+    trainable = tune.with_resources(tune.with_parameters(trial, setup=setup), resources)
+    if tune.Tuner.can_restore(folder / "ray"):  # an interrupted search: keep its finished trials
+        logger.info("tune: resuming the search in %s", folder / "ray")
+        tuner = tune.Tuner.restore(str(folder / "ray"), trainable, restart_errored=True)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space={"point": tune.grid_search(points)},
+            tune_config=tune.TuneConfig(metric="score", mode="max"),
+            run_config=tune.RunConfig(storage_path=str(folder), name="ray", verbose=0),
+        )
     table = trial_table(tuner.fit(), points)
     write_text(folder / "trials.csv", table.to_csv(index=False))
-    if table["error"].notna().any():
-        failed = table[table["error"].notna()]
-        first = failed.iloc[0]["error"].splitlines()[0]
+    failed = table[table["error"].notna()]
+    if len(failed) or len(table) < len(points):
+        first = failed.iloc[0]["error"].splitlines()[0] if len(failed) else "never started"
         raise RunError(
-            f"tune: {len(failed)} of {len(table)} trials failed (trial {failed.iloc[0]['trial']}: "
-            f"{first}); each trial's error is in {folder / 'trials.csv'}, Ray's logs under {folder}"
+            f"tune: {len(points) - len(table) + len(failed)} of {len(points)} trials failed or "
+            f"never started ({first}); run the command again to resume; each trial's error is "
+            f"in {folder / 'trials.csv'}, Ray's logs under {folder}"
         )
     return table
+
+
+def prepare_search(model: str, config: Mapping, plugins: Plugins) -> None:
+    """Refuse a model no trial can change, then join Ray (``ray_address``, or a local one):
+    both before the command writes anything."""
+    if validating_step(plugins.models.get(model)) is None:
+        raise ConfigError(f"--tune=true: model {model} trains nothing, so no trial can differ")
+    connect(config.get("ray_address"))
 
 
 def record_choice(summary: Mapping[str, Any], results: Mapping[str, Any]) -> dict:
@@ -223,6 +236,8 @@ def trial_table(grid_results, points: list[dict]) -> pd.DataFrame:
     rows = []
     for result in grid_results:
         params = result.config  # the trial's Tune parameters
+        if params is None:  # a trial that never started (its driver stopped first)
+            continue
         point = params["point"]
         metrics = result.metrics or {}
         rows.append(

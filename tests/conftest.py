@@ -11,6 +11,9 @@ import pytest
 from cprec_recbole.plugins import LOAD_PLUGINS_ENV, load_plugins
 
 os.environ[LOAD_PLUGINS_ENV] = ""  # installed packages' plugins never change what tests see
+# One Ray auth mode for every Ray of the session (Ray reads it once per process; unset, a local
+# ray.init turns token mode on for this process only, and a later `ray start` head's clients fail)
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 REPO = Path(__file__).resolve().parents[1]
 INTER_HEADER = "user_id:token\titem_id:token\ttimestamp:float"

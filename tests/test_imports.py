@@ -1,4 +1,5 @@
-"""What a command imports: an ID-model run does not pay for the LLM stack."""
+"""What a command imports: an ID-model run does not pay for the LLM stack, nor for Ray (the
+optional [tune] extra; RecBole's own quick_start, which imports it, is never imported)."""
 
 from __future__ import annotations
 
@@ -18,11 +19,11 @@ from cprec_recbole.command import setup
 from cprec_recbole.pipeline import pipeline_of
 config, plugins, _ = setup("SASRec", "Game", [], {"epochs": 1}, [])
 assert pipeline_of(plugins.models.get("SASRec")) == ("data", "rec_model")
-print(" ".join(sorted({"transformers", "peft"} & set(sys.modules))))
+print(" ".join(sorted({"transformers", "peft", "ray"} & set(sys.modules))))
 """
 
 
-def test_a_recbole_model_run_imports_neither_transformers_nor_peft():
+def test_a_recbole_model_run_imports_neither_transformers_nor_peft_nor_ray():
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     command = [sys.executable, "-c", RECBOLE_RUN]
     child = subprocess.run(command, env=env, capture_output=True, text=True, cwd=REPO, check=False)

@@ -1,8 +1,19 @@
-"""Ray Tune search: grid, selection on valid metrics, shared stages, one test evaluation."""
+"""Ray Tune search: grid, selection on valid metrics, shared stages, one test evaluation; on a
+Ray cluster (``ray start --head`` on this machine, shared by the module), resumed after an
+interruption; a missing Ray or an address where nothing answers stops the command first."""
 
 from __future__ import annotations
 
 import json
+import operator
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -10,16 +21,60 @@ import pytest
 
 from cprec_recbole.errors import ConfigError
 from cprec_recbole.quick_start import run
+from cprec_recbole.ray_cluster import INSTALL
+from cprec_recbole.tasks import run_tasks
 from cprec_recbole.tune import grid, selection_score
+from tests.conftest import REPO
 
 
-@pytest.fixture(scope="module", autouse=True)
-def ray_session():
-    """One local Ray for the module's searches (starting one costs seconds)."""
-    import ray
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
-    yield
+
+def answers(address: tuple[str, int]) -> bool:
+    try:
+        socket.create_connection(address, timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def ray_address():
+    """A Ray head on loopback for the module (starting one costs seconds): its own temp dir, so
+    no other process on this machine finds it as the 'current' cluster; in the auth mode
+    conftest sets for every Ray of the session."""
+    ray = pytest.importorskip("ray")
+    port, temp = free_port(), tempfile.mkdtemp(prefix="ray", dir="/tmp")
+    command = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block"]
+    command += [f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=2"]
+    command += ["--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp}"]
+    command += ["--object-store-memory=200000000"]
+    head = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 90
+    while not answers(("127.0.0.1", port)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    yield f"127.0.0.1:{port}"
     ray.shutdown()
+    head.send_signal(signal.SIGTERM)  # --block: the head stops its cluster's processes
+    head.wait(60)
+    shutil.rmtree(temp, ignore_errors=True)
+
+
+def python(code: str) -> dict:
+    """Arguments of subprocess.run / Popen for ``python -c code`` on this checkout."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return {"args": [sys.executable, "-c", code], "env": env, "cwd": REPO}
+
+
+def cli(args: list[str], code: str = "") -> subprocess.CompletedProcess:
+    """``run_recbole_llm.py args`` in a fresh interpreter (``code`` runs first)."""
+    script = f"import sys; {code}\nfrom cprec_recbole.cli import main; sys.exit(main({args!r}))"
+    return subprocess.run(
+        **python(script), check=False, capture_output=True, text=True, timeout=120
+    )
 
 
 def test_grid_lists_every_combination_in_order():
@@ -63,16 +118,22 @@ def test_plan_of_a_search_lists_the_shared_stages_once_then_each_trials_own(tiny
     }
 
 
-def test_sasrec_search_picks_the_learning_rate_that_learns(tiny_overrides):
+def test_sasrec_search_on_a_cluster_picks_the_learning_rate_that_learns(
+    tiny_overrides, ray_address
+):
     """1e-7 leaves SASRec at chance on Tiny's cyclic walks, 1e-2 learns them: the answer is known."""
+    import ray
+
     overrides = {
         **tiny_overrides,
+        "ray_address": ray_address,
         "epochs": 15,
         "tune": True,
         "tune_space": {"learning_rate": [1e-7, 1e-2]},
         "tune_cpus_per_trial": 1,  # two trials side by side on two cores
     }
     results = run("SASRec", "Tiny", overrides=overrides)
+    assert ray.get_runtime_context().gcs_address.endswith(ray_address.split(":")[1])
     summary = results["tune"]
     assert summary["chosen"] == {"learning_rate": 1e-2} and summary["trials"] == 2
     table = pd.read_csv(Path(summary["tune_folder"]) / "trials.csv")
@@ -88,9 +149,12 @@ def test_sasrec_search_picks_the_learning_rate_that_learns(tiny_overrides):
     )
 
 
-def test_llara_search_validates_each_trial_and_tests_only_the_chosen(tiny_sft, tiny_base):
+def test_llara_search_validates_each_trial_and_tests_only_the_chosen(
+    tiny_sft, tiny_base, ray_address
+):
     overrides = {
         **tiny_sft,
+        "ray_address": ray_address,
         "rec_model_overrides": {"epochs": 1, "hidden_size": 16, "inner_size": 32, "n_layers": 1},
         "tune": True,
         "tune_space": {"learning_rate": [1e-3, 3e-3]},
@@ -103,3 +167,62 @@ def test_llara_search_validates_each_trial_and_tests_only_the_chosen(tiny_sft, t
     table = pd.read_csv(Path(results["tune"]["tune_folder"]) / "trials.csv")
     best = table.loc[table["score"].idxmax(), "learning_rate"]
     assert results["tune"]["chosen"] == {"learning_rate": best}
+
+
+def test_an_interrupted_search_resumes_without_redoing_its_finished_trial(
+    tiny_overrides, ray_address
+):
+    """The driver is killed once the first trial has reported; run again, the search is restored:
+    the finished trial's record stays as it was, the other trial runs, one is chosen."""
+    overrides = {
+        **tiny_overrides,
+        "ray_address": ray_address,
+        "tune": True,
+        "tune_space": {"learning_rate": [1e-2, 1e-7]},
+        "tune_cpus_per_trial": 2,  # one trial at a time on the 2-CPU head
+    }
+    code = f"from cprec_recbole.quick_start import run; run('SASRec', 'Tiny', (), {overrides!r})"
+    driver = subprocess.Popen(**python(code))
+    saved = Path(tiny_overrides["output_dir"])
+    deadline = time.monotonic() + 120
+    while not [p for p in saved.glob("tune/*/ray/*/result.json") if p.stat().st_size]:
+        assert driver.poll() is None and time.monotonic() < deadline
+        time.sleep(0.2)
+    driver.kill()
+    driver.wait()
+    [first] = [p for p in saved.glob("tune/*/ray/*/result.json") if p.stat().st_size]
+    record = first.read_text()
+    assert not list(saved.glob("tune/*/trials.csv"))
+    results = run("SASRec", "Tiny", overrides=overrides)
+    assert first.read_text() == record  # restored, not run again
+    table = pd.read_csv(Path(results["tune"]["tune_folder"]) / "trials.csv")
+    assert table["learning_rate"].tolist() == [1e-2, 1e-7] and table["score"].notna().all()
+    assert results["tune"]["chosen"] == {"learning_rate": 1e-2}
+
+
+def test_independent_tasks_run_on_the_cluster_at_ray_address(ray_address):
+    """The corpus shards' path (tasks.run_tasks) on a cluster joined by its address."""
+    done = run_tasks(operator.add, [1, 2, 3], 10, ray_address)
+    assert sorted(done) == [(0, 11), (1, 12), (2, 13)]
+
+
+def test_an_address_where_nothing_answers_is_one_line_and_exit_2(tiny_base):
+    address = f"127.0.0.1:{free_port()}"  # bound then closed: refuses connections
+    args = ["--model=SASRec", "--dataset=Tiny", "--tune=true", f"--ray_address={address}"]
+    args += [f"--{key}={value}" for key, value in tiny_base.items()]
+    started = time.monotonic()
+    child = cli(args)
+    assert child.returncode == 2 and time.monotonic() - started < 60
+    [line] = child.stderr.strip().splitlines()
+    assert line.startswith(f"error: ray_address {address}: no answer within 30 s")
+    assert not Path(tiny_base["output_dir"]).exists()
+
+
+def test_tune_without_ray_installed_names_the_install_command(tiny_base):
+    args = ["--model=SASRec", "--dataset=Tiny", "--tune=true"]
+    args += [f"--{key}={value}" for key, value in tiny_base.items()]
+    child = cli(args, code="sys.modules['ray'] = None  # what a missing package raises")
+    assert child.returncode == 2
+    [line] = child.stderr.strip().splitlines()
+    assert line == f"error: --tune=true needs Ray, which is not installed: run {INSTALL}"
+    assert not Path(tiny_base["output_dir"]).exists()

@@ -12,7 +12,9 @@ import numpy as np
 def g1_cross_domain_history(history_domains: np.ndarray, target_domain: np.ndarray) -> np.ndarray:
     """G1: the history window holds items from at least two distinct domains."""
     present = history_domains >= 0
-    none = np.iinfo(np.int64).max  # a history of padding only gives high -1 < low: False
+    # a history of padding only gives high -1 < low: False (the ids' own dtype's maximum: numpy 2
+    # casts a Python int to the array's dtype, and int64's maximum overflows an int16 array)
+    none = np.iinfo(history_domains.dtype).max
     high = np.where(present, history_domains, -1).max(axis=1, initial=-1)
     low = np.where(present, history_domains, none).min(axis=1, initial=none)
     return high > low
