@@ -127,6 +127,7 @@ def test_corpus_shards_as_ray_tasks_give_the_same_corpus(tmp_path, plugins):
     ray = pytest.importorskip("ray")
     config = shard_config(tmp_path)
     here = every_row(load_corpus(built(config, plugins, "here", 3)))
+    ray.shutdown()  # a Ray an earlier test's search joined in this process (a no-op if none)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
         remote = built({**config, "ray_address": "auto"}, plugins, "ray", 3)
