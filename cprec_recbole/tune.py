@@ -169,7 +169,7 @@ def run_tune(
         "force": [],  # forced stages are rebuilt once, by build_shared, not by every trial
         "cpus": resources["cpu"],
     }
-    table = fit_trials(points, setup, resources, folder, config.get("ray_address"))
+    table = fit_trials(points, setup, resources, folder)
     best = table.loc[table["score"].idxmax()]
     chosen = points[int(best["trial"])]
     write_text(folder / "trials.md", _markdown(table, chosen))
@@ -183,15 +183,13 @@ def run_tune(
     return chosen, summary
 
 
-def fit_trials(
-    points: list[dict], setup: dict, resources: dict, folder: Path, address: str | None
-) -> pd.DataFrame:
+def fit_trials(points: list[dict], setup: dict, resources: dict, folder: Path) -> pd.DataFrame:
     """Run a Ray Tune grid trial per point (or restore an interrupted search, keeping its
-    finished trials) and write ``trials.csv``; a failed or unstarted trial stops the search with
-    one line that says where each trial's error is."""
+    finished trials) on the Ray that :func:`prepare_search` joined, and write ``trials.csv``; a
+    failed or unstarted trial stops the search with one line that says where each trial's error
+    is."""
     from ray import tune
 
-    connect(address)  # already joined by prepare_search; a no-op then
     trainable = tune.with_resources(tune.with_parameters(trial, setup=setup), resources)
     if tune.Tuner.can_restore(folder / "ray"):  # an interrupted search: keep its finished trials
         logger.info("tune: resuming the search in %s", folder / "ray")
