@@ -38,7 +38,7 @@ def run(
     if config.get("tune"):  # a search that cannot start stops before any log is written
         from cprec_recbole.tune import prepare_search
 
-        prepare_search(model, config, plugins)
+        prepare_search(model, config, plugins, config_files, overrides or {})
     rank = f"-rank{distributed.rank()}" if distributed.world_size() > 1 else ""
     setup_logging(Path(config["output_dir"]) / "log", f"{model}-{dataset}{rank}")
     logger.info(

@@ -30,6 +30,7 @@ NOT_HASHED = {
     *("extra_keys", "download"),  # unread keys; fetching raw files
     "item_text_folder",  # a path; its stage's name (item_text_stage) is hashed
     *("tune", "tune_space", "tune_cpus_per_trial", "tune_gpus_per_trial", "ray_address"),
+    "tune_workers_per_trial",
 }
 
 

@@ -7,7 +7,10 @@ and trials that differ write different folders. The steps of the model's pipelin
 searched key changes are built once before the trials start (``pipeline.build_shared``: for an
 LLM learning-rate search, data, SASRec, corpus and CPT). A trial runs the pipeline up to its
 validating step (ID models: their stage, which also tests; LLM models: SFT, which validates); the chosen trial, picked by valid hr@1 (x valid_ratio for generation), alone is
-evaluated on test. Ray (>= 2.40) is the optional ``[tune]`` extra: :func:`prepare_search` joins
+evaluated on test. With ``tune_workers_per_trial`` above 1 a trial is a Ray Train
+``TorchTrainer`` run: its workers join one torch.distributed group, so the trial's stages train
+and validate data-parallel exactly as under ``torchrun`` (cprec_recbole/distributed.py), and
+rank 0's metrics reach Tune. Ray (>= 2.40) is the optional ``[tune]`` extra: :func:`prepare_search` joins
 it (cprec_recbole/ray_cluster.py) before anything is written. The search is a ``ray.tune.Tuner``
 under ``saved/tune/<model>-<dataset>-<hash>/ray``; run again, an interrupted search is restored
 from there (``Tuner.restore``): finished trials are kept, errored or unfinished ones run again.
@@ -26,6 +29,7 @@ import pandas as pd
 
 from cprec_recbole.command import build_config
 from cprec_recbole.config_check import check_config
+from cprec_recbole.distributed import check_world_size
 from cprec_recbole.errors import ConfigError, RunError, within
 from cprec_recbole.io import write_json, write_text
 from cprec_recbole.pipeline import (
@@ -43,7 +47,13 @@ from cprec_recbole.stages import config_hash
 
 logger = logging.getLogger(__name__)
 #: Keys of the search itself: never part of a trial's stages.
-TUNE_KEYS = ("tune", "tune_space", "tune_cpus_per_trial", "tune_gpus_per_trial", "ray_address")
+TUNE_KEYS = (
+    *("tune", "tune_space", "ray_address"),
+    *("tune_cpus_per_trial", "tune_gpus_per_trial", "tune_workers_per_trial"),
+)
+#: What a data-parallel trial's driver reserves: its process, which only waits on its workers
+#: (Ray refuses a trial that reserves nothing; a CPU would starve the workers of a small node).
+DRIVER_RESOURCES = {"cpu": 0, "memory": 256 * 2**20}
 
 
 def grid(space: Mapping[str, Iterable]) -> list[dict[str, Any]]:
@@ -73,13 +83,24 @@ def absolute_paths(overrides: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def trial(params: dict, setup: dict) -> None:
-    """One Ray Tune trial: the base overrides plus its grid point, reported to Tune."""
-    import torch
+    """One Ray Tune trial: the base overrides plus its grid point, built in this process, or
+    by ``tune_workers_per_trial`` Ray Train workers, whose rank 0 reports to Tune."""
     from ray import tune
 
-    torch.set_num_threads(max(1, int(setup["cpus"])))
+    if setup["workers"] == 1:
+        tune.report(trial_metrics(params["point"], setup))
+    else:
+        data_parallel_trial(params["point"], setup)
+
+
+def trial_metrics(point: dict, setup: dict) -> dict[str, float]:
+    """Build the trial's pipeline up to its validating step; its selection score and valid
+    metrics."""
+    import torch
+
+    torch.set_num_threads(setup["threads"])
     plugins = load_plugins(setup["plugin_files"])
-    overrides = {**setup["overrides"], **params["point"], "tune": False}
+    overrides = {**setup["overrides"], **point, "tune": False}
     config = build_config(
         setup["model"], setup["dataset"], plugins, setup["config_files"], overrides
     )
@@ -87,19 +108,77 @@ def trial(params: dict, setup: dict) -> None:
     run = run_pipeline(setup["model"], RunConfig(config), plugins, until=step)
     valid = valid_metrics(run, step)
     numbers = {f"valid_{k}": v for k, v in valid.items() if isinstance(v, int | float)}
-    tune.report({"score": selection_score(valid), **numbers})
+    return {"score": selection_score(valid), **numbers}
+
+
+def trial_worker(loop_config: dict) -> None:
+    """One rank of a data-parallel trial. Every rank reports (Ray Train's report is a barrier);
+    Ray keeps rank 0's metrics."""
+    from ray import train
+
+    train.report(trial_metrics(loop_config["point"], loop_config["setup"]))
+
+
+def data_parallel_trial(point: dict, setup: dict) -> None:
+    """Run the trial as a ``TorchTrainer`` over ``setup["workers"]`` workers (Ray Train joins
+    them in a gloo or NCCL group); ``TuneReportCallback`` passes rank 0's report to Tune."""
+    from ray import tune
+    from ray.train import RunConfig as TrainRunConfig
+    from ray.train import ScalingConfig
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    per_worker = setup["worker_resources"]
+    trainer = TorchTrainer(
+        trial_worker,
+        train_loop_config={"point": point, "setup": setup},
+        scaling_config=ScalingConfig(
+            num_workers=setup["workers"],
+            use_gpu=per_worker["GPU"] > 0,
+            resources_per_worker=per_worker,
+        ),
+        run_config=TrainRunConfig(
+            storage_path=setup["train_storage"],
+            name=tune.get_context().get_trial_name(),
+            callbacks=[TuneReportCallback()],
+        ),
+    )
+    trainer.fit()
 
 
 def trial_resources(config: Mapping) -> dict[str, float]:
-    """One GPU per trial where there are GPUs (``tune_gpus_per_trial``), else CPUs: all of them
-    unless ``tune_cpus_per_trial`` says fewer (then trials run side by side)."""
+    """What a trial uses in all (its workers together): where there are GPUs, one per worker
+    unless ``tune_gpus_per_trial`` says otherwise, and their share of the cores; else all
+    cores, unless ``tune_cpus_per_trial`` says fewer (then trials run side by side)."""
     import torch
 
+    workers = int(config["tune_workers_per_trial"])
     gpus = torch.cuda.device_count()
-    cpus = config.get("tune_cpus_per_trial") or max(1, (os.cpu_count() or 1) // max(gpus, 1))
     wanted = config.get("tune_gpus_per_trial")
-    gpu = (1 if wanted is None else float(wanted)) if gpus else 0
-    return {"cpu": float(cpus), "gpu": float(gpu)}
+    gpu = (float(workers) if wanted is None else float(wanted)) if gpus else 0.0
+    cores = os.cpu_count() or 1
+    share = max(1, int(cores * min(1.0, gpu / gpus))) if gpu else cores
+    cpus = config.get("tune_cpus_per_trial") or max(workers, share)
+    return {"cpu": float(cpus), "gpu": gpu}
+
+
+def placement(resources: Mapping[str, float], workers: int) -> dict[str, Any]:
+    """The trial's Tune resources, each worker's Ray Train resources and its torch threads:
+    one worker runs in the trial itself; several share the trial's resources evenly and the
+    trial's driver reserves only :data:`DRIVER_RESOURCES`."""
+    cpu, gpu = resources["cpu"] / workers, resources["gpu"] / workers
+    return {
+        "trial": dict(resources) if workers == 1 else DRIVER_RESOURCES,
+        "worker_resources": {"CPU": cpu, "GPU": gpu},
+        "threads": max(1, int(cpu)),
+    }
+
+
+def concurrent_trials(resources: Mapping[str, float], cluster: Mapping[str, float]) -> int:
+    """How many data-parallel trials fit the cluster at once: their drivers would otherwise all
+    start and wait for workers (Ray Train's advice: cap ``max_concurrent_trials``)."""
+    fits = [cluster.get(k.upper(), 0.0) // v for k, v in resources.items() if v]
+    return max(1, int(min(fits, default=1)))
 
 
 def trial_specs(
@@ -122,6 +201,7 @@ def trial_specs(
         with within(f"tune_space point {point}"):
             trial_config = build_config(model, dataset, plugins, config_files, wanted)
             check_config(trial_config, plugins, config_files, wanted)
+            check_world_size(trial_config, int(config["tune_workers_per_trial"]))
         specs.append(RunSpec(f"trial {i} {point}", model, RunConfig(trial_config), step))
     return points, specs
 
@@ -160,6 +240,7 @@ def run_tune(
     logger.info("tune: %d trials of %s on %s into %s", len(points), model, dataset, folder)
     build_shared(specs, plugins, force)
     resources = trial_resources(config)
+    workers = int(config["tune_workers_per_trial"])
     setup = {
         "model": model,
         "dataset": dataset,
@@ -167,7 +248,9 @@ def run_tune(
         "config_files": config_files,
         "plugin_files": plugin_files,
         "force": [],  # forced stages are rebuilt once, by build_shared, not by every trial
-        "cpus": resources["cpu"],
+        "workers": workers,
+        "train_storage": str(folder / "train"),
+        **placement(resources, workers),
     }
     table = fit_trials(points, setup, resources, folder)
     best = table.loc[table["score"].idxmax()]
@@ -188,9 +271,13 @@ def fit_trials(points: list[dict], setup: dict, resources: dict, folder: Path) -
     finished trials) on the Ray that :func:`prepare_search` joined, and write ``trials.csv``; a
     failed or unstarted trial stops the search with one line that says where each trial's error
     is."""
+    import ray
     from ray import tune
 
-    trainable = tune.with_resources(tune.with_parameters(trial, setup=setup), resources)
+    trainable = tune.with_resources(tune.with_parameters(trial, setup=setup), setup["trial"])
+    at_once = (
+        None if setup["workers"] == 1 else concurrent_trials(resources, ray.cluster_resources())
+    )
     if tune.Tuner.can_restore(folder / "ray"):  # an interrupted search: keep its finished trials
         logger.info("tune: resuming the search in %s", folder / "ray")
         tuner = tune.Tuner.restore(str(folder / "ray"), trainable, restart_errored=True)
@@ -198,7 +285,7 @@ def fit_trials(points: list[dict], setup: dict, resources: dict, folder: Path) -
         tuner = tune.Tuner(
             trainable,
             param_space={"point": tune.grid_search(points)},
-            tune_config=tune.TuneConfig(metric="score", mode="max"),
+            tune_config=tune.TuneConfig(metric="score", mode="max", max_concurrent_trials=at_once),
             run_config=tune.RunConfig(storage_path=str(folder), name="ray", verbose=0),
         )
     table = trial_table(tuner.fit(), points)
@@ -214,11 +301,18 @@ def fit_trials(points: list[dict], setup: dict, resources: dict, folder: Path) -
     return table
 
 
-def prepare_search(model: str, config: Mapping, plugins: Plugins) -> None:
-    """Refuse a model no trial can change, then join Ray (``ray_address``, or a local one):
-    both before the command writes anything."""
-    if validating_step(plugins.models.get(model)) is None:
-        raise ConfigError(f"--tune=true: model {model} trains nothing, so no trial can differ")
+def prepare_search(
+    model: str,
+    config: Mapping,
+    plugins: Plugins,
+    config_files: Iterable[str | Path],
+    overrides: Mapping[str, Any],
+) -> None:
+    """Check every trial's config (a model no trial can change, a bad grid point, workers that
+    cannot share a step), then join Ray (``ray_address``, or a local one): all before the
+    command writes anything."""
+    searched = search_overrides(overrides)
+    trial_specs(model, config["dataset"], config, plugins, list(config_files), searched)
     connect(config.get("ray_address"))
 
 

@@ -170,6 +170,37 @@ def test_llara_search_validates_each_trial_and_tests_only_the_chosen(
     assert results["tune"]["chosen"] == {"learning_rate": best}
 
 
+def test_a_trial_over_two_ray_train_workers_trains_what_one_process_trains(
+    tiny_sft, tmp_path, ray_address
+):
+    """tune_workers_per_trial=2: the trial is a TorchTrainer of two CPU workers in one gloo
+    group, which share each SFT step's two micro-batches; data parallelism changes no weight."""
+    from tests.test_distributed import WEIGHTS, _assert_same_weights
+
+    small = {"epochs": 1, "hidden_size": 16, "inner_size": 32, "n_layers": 1}
+    base = {**tiny_sft, "rec_model_overrides": small, "micro_batch_size": 4}
+    one = {**base, "output_dir": str(tmp_path / "one")}
+    run("LLaRA", "Tiny", overrides=one)
+    two = {**base, "output_dir": str(tmp_path / "two"), "ray_address": ray_address}
+    two |= {"tune": True, "tune_space": {"seed": [2020]}, "tune_workers_per_trial": 2}
+    results = run("LLaRA", "Tiny", overrides=two)
+    sft = [pattern for pattern in WEIGHTS if pattern.startswith("sft/")]  # LLaRA: no CPT
+    _assert_same_weights(one["output_dir"], two["output_dir"], sft)
+    manifest = json.loads(next(Path(two["output_dir"]).glob("sft/*/manifest.json")).read_text())
+    assert manifest["world_size"] == 2
+    table = pd.read_csv(Path(results["tune"]["tune_folder"]) / "trials.csv")
+    assert table["score"].notna().all() and table["error"].isna().all()
+
+
+def test_workers_that_cannot_share_a_step_are_refused_before_ray_starts(tiny_sft):
+    ray = pytest.importorskip("ray")
+    ray.shutdown()  # a search of an earlier test may have joined Ray in this process
+    overrides = {**tiny_sft, "tune": True, "tune_workers_per_trial": 3}  # 1 micro-batch a step
+    with pytest.raises(ConfigError, match="1 micro-batch.* which 3 processes cannot share"):
+        run("LLaRA", "Tiny", overrides=overrides)
+    assert not ray.is_initialized() and not Path(tiny_sft["output_dir"]).exists()
+
+
 def test_an_interrupted_search_resumes_without_redoing_its_finished_trial(
     tiny_overrides, ray_address, caplog
 ):
