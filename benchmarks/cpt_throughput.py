@@ -27,7 +27,9 @@ micro-batch 4/8/16 (token counts only, no training). ``--variants=1`` adds measu
 change one thing: grouping or autocast alone, ``lora_dropout=0.1``, LoRA weights in the compute
 dtype (pure bf16: not shipped, Adam on bf16 weights rounds away small updates), micro-batch 8;
 and naive at LLaRA's ``lora_dropout=0.1`` (how SFT trained before the cpu profile), printed as a
-second ratio: the shipped cpu profile over that.
+second ratio: the shipped cpu profile over that. ``--sft=1`` (default) adds the SFT step,
+measured the same way (:func:`sft_rows`: LLaRA's windows, hybrid prompts), naive and shipped, and
+its fraction of the matmul rate.
 ``--pause_pid=PID`` stops that process (a training run sharing the CPU) during each timed
 measurement and resumes it after.
 Writes benchmarks/results/cpt-throughput-<backbone>.json (``--results_dir`` moves it); any other
@@ -51,15 +53,24 @@ import torch
 from cprec_recbole.data.corpus import Corpus, corpus_stage, load_corpus
 from cprec_recbole.io import write_json
 from cprec_recbole.llm.backbone import add_lora, load_backbone
-from cprec_recbole.llm.batching import encode_batch, prompt_lengths, prompt_titles
+from cprec_recbole.llm.batching import EncodedBatch, encode_batch, prompt_lengths, prompt_titles
 from cprec_recbole.llm.cpt import cpt_plan, length_grouped, sample_lengths, variant_order
 from cprec_recbole.llm.loop import CompiledDecoder, adam, mixed_precision
 from cprec_recbole.llm.losses import answer_loss, answer_span
 from cprec_recbole.llm.prompts import answer_text
-from cprec_recbole.llm.sft import load_trainable_state, trainable_state
+from cprec_recbole.llm.sft import (
+    SFTSetup,
+    encode_sft,
+    load_trainable_state,
+    objective_weights,
+    sft_loss,
+    sft_plan,
+    trainable_state,
+)
 from cprec_recbole.stages import machine
 
 from harness import configure
+from harness import setup as harness_setup
 from rates import Dims, matmul_rates, model_dims, paused
 
 #: peft's default precision: fp32 adapters, every adapter input cast up (the naive rows)
@@ -68,7 +79,7 @@ PEFT_PRECISION = {"autocast": False, "compile": False}
 EAGER = {"compile": False}
 LLARA_DROPOUT = {"lora_dropout": 0.1}
 LLARA_NAIVE = "naive + lora_dropout=0.1 (LLaRA's)"
-KNOBS = {"samples": 64, "variants": 0, "profile": 3, "matmul_repeats": 20, "pause_pid": 0}
+KNOBS = {"samples": 64, "variants": 0, "profile": 3, "matmul_repeats": 20, "pause_pid": 0, "sft": 1}
 FLOPS_FORMULA = (
     "(4*N_frozen + 6*N_lora)*B*T + 12*L*d_q*B*T^2 + 4*d*V*B*k per micro-batch of B rows padded "
     "to T (useful: real tokens only, attention 6*L*d_q*len^2 per row); frozen weights get no "
@@ -164,42 +175,45 @@ def lora_model(s: Setup, overrides: dict, lora_in_compute_dtype: bool):
     return model
 
 
-def step(s: Setup, model, optimizer, ids: list[int], autocast: bool, compiled: CompiledDecoder):
-    """One micro-batch: encode, forward (in the loop's mixed precision, compiled where the mode
-    says), answer-only loss, backward, Adam step."""
+def cpt_loss(s: Setup, model, ids: list[int]) -> tuple[EncodedBatch, torch.Tensor]:
+    """One CPT micro-batch's answer loss (no item embeddings: the corpus has no SASRec)."""
     batch = encode_batch(
         s.tokenizer, s.template, s.corpus.samples(ids), s.titles, {}, "item", with_answer=True
     )
-    with mixed_precision(model, autocast), compiled.active():
-        loss = answer_loss(model, batch, None, None)
-    loss.backward()
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    return batch, float(loss.detach())
+    return batch, answer_loss(model, batch, None, None)
 
 
-def measure(s: Setup, name: str, micros, overrides=None, lora_in_compute_dtype=False) -> dict:
-    """Train on ``micros`` from a fresh LoRA state after one untimed warm-up micro-batch."""
-    overrides = overrides or {}
-    autocast = bool(overrides.get("autocast", s.config["autocast"]))
-    model = lora_model(s, overrides, lora_in_compute_dtype)
-    compiled = CompiledDecoder(model, bool(overrides.get("compile", s.config["compile"])))
-    fresh = trainable_state(model, None)
-    lr = float(s.config["eta_h"])
-    dims = model_dims(model)
+def timed(
+    name: str, micros, model, projector, loss_fn, autocast: bool, compiled, lr: float, ctx: tuple
+) -> dict:
+    """Train on ``micros`` (``loss_fn(ids) -> (batch, loss)``: encode, forward, loss), each
+    micro-batch then backward and an Adam step, in the loop's ``mixed_precision`` and under
+    ``compiled``, after one untimed warm-up micro-batch, from the state the model came in;
+    ``ctx`` = (seed, pause pid)."""
+    seed, pause_pid = ctx
+    fresh, dims = trainable_state(model, projector), model_dims(model)
+
+    def train(ids, optimizer) -> tuple[EncodedBatch, float]:
+        with mixed_precision(model, autocast), compiled.active():
+            batch, loss = loss_fn(ids)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return batch, float(loss.detach())
+
     real = padded = 0
     flops = np.zeros(2)
     losses = []
-    with paused(s.pause_pid):
+    with paused(pause_pid):
         warm = time.perf_counter()  # the first micro-batch compiles, where the mode compiles
-        _, first_loss = step(s, model, adam(model, None, lr), micros[0], autocast, compiled)
+        _, first_loss = train(micros[0], adam(model, projector, lr))
         warm = time.perf_counter() - warm
-        load_trainable_state(model, None, fresh)
-        optimizer = adam(model, None, lr)
-        torch.manual_seed(int(s.config["cpt_seed"]))  # the same dropout masks in every mode
+        load_trainable_state(model, projector, fresh)
+        optimizer = adam(model, projector, lr)
+        torch.manual_seed(seed)  # the same dropout masks in every mode
         start, cpu = time.perf_counter(), time.process_time()
         for ids in micros:
-            batch, loss = step(s, model, optimizer, ids, autocast, compiled)
+            batch, loss = train(ids, optimizer)
             losses.append(loss)
             mask = batch.attention_mask
             real, padded = real + int(mask.sum()), padded + mask.numel()
@@ -217,15 +231,69 @@ def measure(s: Setup, name: str, micros, overrides=None, lora_in_compute_dtype=F
     }
 
 
+def measure(s: Setup, name: str, micros, overrides=None, lora_in_compute_dtype=False) -> dict:
+    """CPT on ``micros`` from a fresh LoRA state (:func:`timed`)."""
+    overrides = overrides or {}
+    model = lora_model(s, overrides, lora_in_compute_dtype)
+    return timed(
+        name,
+        micros,
+        model,
+        None,
+        lambda ids: cpt_loss(s, model, ids),
+        bool(overrides.get("autocast", s.config["autocast"])),
+        CompiledDecoder(model, bool(overrides.get("compile", s.config["compile"]))),
+        float(s.config["eta_h"]),
+        (int(s.config["cpt_seed"]), s.pause_pid),
+    )
+
+
+def sft_rows(argv: list[str], samples: int, pause_pid: int) -> dict:
+    """The SFT step on the same footing: LLaRA's first ``samples`` training windows of the
+    dataset in ``sft_plan``'s random order, hybrid prompts (the curriculum's end: SASRec rows
+    through the projector), the config's ``micro_batch_size`` and ``sft_objective``; shipped
+    (the loop's precision and compile) and naive (peft's precision, eager), each from a fresh
+    LoRA model and projector. CPRec's SFT is this step from another adapter."""
+    argv = [a for a in argv if not a.startswith("--model=")] + ["--model=LLaRA"]
+    bench = harness_setup(argv, KNOBS, before="sft")
+    rec, config = bench.recommender, bench.recommender.config
+    windows = rec.epoch_samples(rec.train_windows())(0)
+    micro, seed = int(config["micro_batch_size"]), int(config["seed"])
+    ids = sft_plan(min(samples, len(windows)), 1, micro, 1, seed).steps
+    micros = [m for step in ids for m in step]
+    weights = objective_weights(config)
+    rows = {}
+    for name, overrides in (("naive", PEFT_PRECISION), ("shipped", {})):
+        torch.manual_seed(seed)
+        model, tokenizer, ctx = rec.load()
+        model.train()
+        setup = SFTSetup(tokenizer, rec.template, None, ctx, None, None, None)
+
+        def loss_fn(part, model=model, setup=setup) -> tuple[EncodedBatch, torch.Tensor]:
+            chosen = [windows[i] for i in part]
+            batch = encode_sft(setup, chosen, True, with_answer=True)  # tokens and FLOPs
+            return batch, sft_loss(model, setup, chosen, True, weights)
+
+        rows[name] = timed(
+            f"sft {name}",
+            micros,
+            model,
+            ctx.projector,
+            loss_fn,
+            bool(overrides.get("autocast", config["autocast"])),
+            CompiledDecoder(model, bool(overrides.get("compile", config["compile"]))),
+            float(config["learning_rate"]),
+            (seed, pause_pid),
+        )
+    return rows
+
+
 def fp32_loss(s: Setup, ids: list[int]) -> float:
     """The first micro-batch's loss from the fresh LoRA state with every weight in fp32: the
     reference that tells bf16 rounding (eager or compiled) from a change of what is computed."""
     model = lora_model(s, {}, False).float()
-    batch = encode_batch(
-        s.tokenizer, s.template, s.corpus.samples(ids), s.titles, {}, "item", with_answer=True
-    )
     with torch.no_grad():
-        return round(float(answer_loss(model, batch, None, None)), 5)
+        return round(float(cpt_loss(s, model, ids)[1]), 5)
 
 
 def profile_steps(s: Setup, micros, n: int) -> dict:
@@ -235,11 +303,19 @@ def profile_steps(s: Setup, micros, n: int) -> dict:
     model = lora_model(s, {}, False)
     optimizer = adam(model, None, float(s.config["eta_h"]))
     compiled = CompiledDecoder(model, bool(s.config["compile"]))
+
+    def step(ids: list[int]) -> None:
+        with mixed_precision(model, s.config["autocast"]), compiled.active():
+            loss = cpt_loss(s, model, ids)[1]
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
     with paused(s.pause_pid):
-        step(s, model, optimizer, micros[0], s.config["autocast"], compiled)
+        step(micros[0])
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             for ids in micros[:n]:
-                step(s, model, optimizer, ids, s.config["autocast"], compiled)
+                step(ids)
     events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
     total = sum(e.self_cpu_time_total for e in events)
     top = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:10]
@@ -391,6 +467,15 @@ def main(argv: list[str]) -> dict:
         },
         "plan_padding": plan_padding(s, order, phases, estimate),
     }
+    if knobs["sft"]:
+        out["sft"] = sft_rows(argv, knobs["samples"], s.pause_pid)
+        for name, row in out["sft"].items():
+            out["fraction_of_matmul_rate"][f"sft_{name}_executed"] = round(
+                row["executed_gflops_per_s"] / peak, 3
+            )
+        out["ratio_sft_shipped_over_naive_real_tokens_per_s"] = round(
+            out["sft"]["shipped"]["real_tokens_per_s"] / out["sft"]["naive"]["real_tokens_per_s"], 2
+        )
     if knobs["profile"]:
         out["profile"] = profile_steps(
             s, length_grouped(ids, estimate, micro, seed), knobs["profile"]
@@ -408,6 +493,7 @@ def main(argv: list[str]) -> dict:
 
 def print_table(out: dict) -> None:
     rows = [out["naive"], out["eager"], out["shipped"], *out.get("variants", [])]
+    rows += list(out.get("sft", {}).values())
     print(f"{'mode':<50}{'micro':>6}{'s':>8}{'real tok/s':>11}{'pad':>7}{'GFLOP/s':>9}{'cpu':>6}")
     for r in rows:
         print(
@@ -434,6 +520,15 @@ def print_table(out: dict) -> None:
         f"training reaches {f['executed']:.1%} (executed) / {f['useful']:.1%} (useful) of it; "
         f"eager: {f['eager_executed']:.1%}"
     )
+    if "sft" in out:
+        sft = (
+            out["sft"]["shipped"]["executed_gflops_per_s"] / out["shipped"]["executed_gflops_per_s"]
+        )
+        print(
+            f"SFT shipped reaches {f['sft_shipped_executed']:.1%} of it (naive "
+            f"{f['sft_naive_executed']:.1%}; {sft:.2f}x CPT's GFLOP/s); ratio SFT shipped/naive "
+            f"(real tokens/s): {out['ratio_sft_shipped_over_naive_real_tokens_per_s']:.2f}x"
+        )
     for micro, p in out["plan_padding"]["by_micro_batch_size"].items():
         print(
             f"whole plan, micro {micro}: padding naive {p['naive_padding_fraction']:.1%}, "

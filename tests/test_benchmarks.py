@@ -151,6 +151,7 @@ def test_cpt_throughput_benchmark_runs_both_modes_and_variants_on_tiny_random(cp
         "--variants=1",
         "--profile=1",
         "--matmul_repeats=2",
+        "--rec_model_overrides={epochs: 1, hidden_size: 16, inner_size: 32, n_layers: 1}",
         f"--results_dir={tmp_path / 'results'}",
     ]
     out = cpt_bench.main(argv)
@@ -167,6 +168,10 @@ def test_cpt_throughput_benchmark_runs_both_modes_and_variants_on_tiny_random(cp
     assert out["variants"][-1]["real_tokens"] == naive["real_tokens"]
     assert out["ratio_shipped_over_naive_at_llara_dropout"] > 0
     assert set(out["plan_padding"]["by_micro_batch_size"]) == {"4", "8", "16"}
+    sft = out["sft"]  # LLaRA's SFT step on Tiny's windows, hybrid prompts, the same 12 samples
+    assert sft["naive"]["real_tokens"] == sft["shipped"]["real_tokens"] > 0
+    assert sft["naive"]["first_loss"] == pytest.approx(sft["shipped"]["first_loss"], rel=1e-4)
+    assert out["fraction_of_matmul_rate"]["sft_shipped_executed"] > 0
     written = json.loads((tmp_path / "results" / "cpt-throughput-tiny-random.json").read_text())
     assert written == out
 

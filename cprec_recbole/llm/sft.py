@@ -60,6 +60,24 @@ def objective_weights(config: Mapping[str, Any]) -> dict[str, float]:
     return {"answer": 1.0 - mix, "listwise": mix}
 
 
+def encode_sft(
+    setup: SFTSetup, samples: Sequence[LLMSample], hybrid: Tensor | bool, with_answer: bool
+) -> EncodedBatch:
+    """SFT prompts of ``samples`` (hybrid where ``hybrid`` says, else the text template's), with
+    their answers for the answer loss or without for the listwise one."""
+    return encode_batch(
+        setup.tokenizer,
+        setup.template,
+        samples,
+        setup.ctx.titles,
+        setup.ctx.item_index,
+        setup.ctx.noun,
+        with_answer=with_answer,
+        hybrid=hybrid,
+        text_template=setup.text_template,
+    )
+
+
 def sft_loss(
     model: nn.Module,
     setup: SFTSetup,
@@ -72,17 +90,7 @@ def sft_loss(
     exactly LLaRA's loss."""
 
     def encoded(with_answer: bool) -> EncodedBatch:
-        return encode_batch(
-            setup.tokenizer,
-            setup.template,
-            samples,
-            setup.ctx.titles,
-            setup.ctx.item_index,
-            setup.ctx.noun,
-            with_answer=with_answer,
-            hybrid=hybrid,
-            text_template=setup.text_template,
-        ).to(model_device(model))
+        return encode_sft(setup, samples, hybrid, with_answer).to(model_device(model))
 
     ctx = setup.ctx
     terms = {
