@@ -262,17 +262,20 @@ def sft_rows(argv: list[str], samples: int, pause_pid: int) -> dict:
     ids = sft_plan(min(samples, len(windows)), 1, micro, 1, seed).steps
     micros = [m for step in ids for m in step]
     weights = objective_weights(config)
-    rows = {}
+    rows: dict[str, dict] = {}
+    counted: dict[tuple[int, ...], EncodedBatch] = {}  # each micro-batch's tokens, for the counts
     for name, overrides in (("naive", PEFT_PRECISION), ("shipped", {})):
         torch.manual_seed(seed)
         model, tokenizer, ctx = rec.load()
         model.train()
         setup = SFTSetup(tokenizer, rec.template, None, ctx, None, None, None)
+        if not counted:  # encoded once, outside the timed steps (the loss encodes its own)
+            for m in micros:
+                counted[tuple(m)] = encode_sft(setup, [windows[i] for i in m], True, True)
 
         def loss_fn(part, model=model, setup=setup) -> tuple[EncodedBatch, torch.Tensor]:
-            chosen = [windows[i] for i in part]
-            batch = encode_sft(setup, chosen, True, with_answer=True)  # tokens and FLOPs
-            return batch, sft_loss(model, setup, chosen, True, weights)
+            loss = sft_loss(model, setup, [windows[i] for i in part], True, weights)
+            return counted[tuple(part)], loss
 
         rows[name] = timed(
             f"sft {name}",

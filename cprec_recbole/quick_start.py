@@ -35,25 +35,23 @@ def run(
     metrics, ``folder``: the stage holding them, ``stages``: every stage's folder)."""
     config, plugins, plugin_files = setup(model, dataset, config_files, overrides, plugin_files)
     launch(config)
+    search = None
     if config.get("tune"):  # a search that cannot start stops before any log is written
         from cprec_recbole.tune import prepare_search
 
-        prepare_search(model, config, plugins, config_files, overrides or {})
+        search = prepare_search(model, config, plugins, config_files, overrides or {})
     rank = f"-rank{distributed.rank()}" if distributed.world_size() > 1 else ""
     setup_logging(Path(config["output_dir"]) / "log", f"{model}-{dataset}{rank}")
     logger.info(
         "config of this run:\n%s", yaml.safe_dump(config.as_dict(), sort_keys=True).rstrip()
     )
-    if config.get("tune"):
+    if search is not None:
         from cprec_recbole.tune import record_choice, run_tune
 
-        overrides = dict(overrides or {})
-        chosen, search = run_tune(
-            model, dataset, config, plugins, config_files, overrides, plugin_files, force
-        )
-        chosen_overrides = {**overrides, **chosen, "tune": False}  # the chosen trial, on test
-        results = run(model, dataset, config_files, chosen_overrides, plugin_files)
-        return {**results, "tune": record_choice(search, results)}
+        chosen, summary = run_tune(model, dataset, config, plugins, search, plugin_files, force)
+        chosen_overrides = {**(overrides or {}), **chosen, "tune": False}  # the chosen trial
+        results = run(model, dataset, config_files, chosen_overrides, plugin_files)  # on test
+        return {**results, "tune": record_choice(summary, results)}
     results = results_of(run_pipeline(model, config, plugins, force))
     logger.info("results in %s\n%s", results["folder"], table(results))
     return results

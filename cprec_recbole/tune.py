@@ -22,6 +22,7 @@ import itertools
 import logging
 import os
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -211,22 +212,32 @@ def search_overrides(overrides: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in overrides.items() if k not in TUNE_KEYS}
 
 
+@dataclass
+class Search:
+    """A checked search: its grid points, each trial's run, and what every trial shares (the
+    command's overrides less the search's keys, paths absolute; config files resolved)."""
+
+    points: list[dict[str, Any]]
+    specs: list[RunSpec]
+    overrides: dict[str, Any]
+    config_files: list[str]
+
+
 def run_tune(
     model: str,
     dataset: str,
     config: dict,
     plugins: Plugins,
-    config_files: Iterable[str | Path],
-    overrides: Mapping[str, Any],
+    search: Search,
     plugin_files: Iterable[str | Path],
     force: Iterable[str] = (),
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Search ``tune_space`` and write the trial table; returns the chosen point and the
-    search's summary (:func:`record_choice` adds the chosen point's test results)."""
-    overrides = absolute_paths(search_overrides(overrides))
-    config_files = [str(Path(p).resolve()) for p in config_files]
+    """Run the search :func:`prepare_search` checked and write the trial table; returns the
+    chosen point and the search's summary (:func:`record_choice` adds the chosen point's test
+    results)."""
+    points, specs = search.points, search.specs
+    overrides, config_files = search.overrides, search.config_files
     plugin_files = [str(Path(p).resolve()) for p in plugin_files]
-    points, specs = trial_specs(model, dataset, config, plugins, config_files, overrides)
     space_key = config_hash(
         {
             "model": model,
@@ -307,13 +318,15 @@ def prepare_search(
     plugins: Plugins,
     config_files: Iterable[str | Path],
     overrides: Mapping[str, Any],
-) -> None:
+) -> Search:
     """Check every trial's config (a model no trial can change, a bad grid point, workers that
     cannot share a step), then join Ray (``ray_address``, or a local one): all before the
     command writes anything."""
-    searched = search_overrides(overrides)
-    trial_specs(model, config["dataset"], config, plugins, list(config_files), searched)
+    shared = absolute_paths(search_overrides(overrides))
+    files = [str(Path(p).resolve()) for p in config_files]
+    points, specs = trial_specs(model, config["dataset"], config, plugins, files, shared)
     connect(config.get("ray_address"))
+    return Search(points, specs, shared, files)
 
 
 def record_choice(summary: Mapping[str, Any], results: Mapping[str, Any]) -> dict:
