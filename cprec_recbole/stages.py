@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -149,6 +149,9 @@ class Stage:
     the keys whose values decide the result (hashed), ``uses`` keys it reads that do not (where
     things live, progress bars, checkpoint cadence); ``needs`` the stages whose folders it reads,
     whose hashes join its own. Bump ``version`` when the build's code changes what it computes.
+    ``added`` maps keys of ``reads`` added after the stage's folders existed to the value that
+    builds what those folders hold: such a key is hashed only when set to another value, so an
+    opt-in feature does not move every cached folder.
     ``distributed``: every rank of a data-parallel launch runs the build (each its share).
     """
 
@@ -160,6 +163,12 @@ class Stage:
     version: int = 1
     resumable: bool = False
     distributed: bool = False
+    added: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        stray = set(self.added) - set(self.reads)
+        if stray:
+            raise TypeError(f"stage {self.name}: added keys {sorted(stray)} are not in reads")
 
     def allowed(self, extra: Iterable[str] = ()) -> frozenset[str] | None:
         """The keys its build may read (None: all)."""
@@ -182,7 +191,11 @@ class Stage:
         if self.reads == EVERY:
             values = {k: config[k] for k in sorted(config) if k not in self.uses}
         else:
-            values = {k: config.get(k) for k in (*self.reads, *extra)}
+            values = {
+                k: config.get(k)
+                for k in (*self.reads, *extra)
+                if k not in self.added or config.get(k) != self.added[k]
+            }
         hashes = {f"{k}_stage": (v.name if v is not None else None) for k, v in inputs.items()}
         return {**values, **derived, **hashes, "stage_version": self.version}
 

@@ -27,11 +27,13 @@ from cprec_recbole.llm.losses import answer_loss, listwise_loss
 from cprec_recbole.llm.projector import Projector, embed_batch
 from cprec_recbole.llm.sft import (
     PROJECTOR,
+    WARMUP,
     SFTSetup,
     SFTTrainer,
     objective_weights,
     save_fine_tuned,
     sft_loss,
+    warmup_plan,
 )
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -82,6 +84,7 @@ def sft_config(**objective) -> dict:
         "sparsity_buckets": [1, 3],
         "sft_objective": "answer",
         "sft_objective_mix": 0.5,
+        "projector_warmup_samples": 0,
         **objective,
     }
 
@@ -152,6 +155,48 @@ def test_listwise_sft_ranks_every_memorised_positive_first(
     assert metrics["best_valid"]["hr@1"] == 1.0
     out = score(tiny_model, tiny_tokenizer, users, ctx)  # the best state, as training ends
     assert out.ranks.tolist() == [0] * len(users)
+
+
+def test_the_warmup_plan_takes_seeded_rounds_of_every_sample():
+    plan = warmup_plan(4, 10, micro=2, accumulate=2, seed=0)
+    ids = [i for step in plan.steps for micro in step for i in micro]
+    assert len(ids) == 10 and sorted(ids[:4]) == sorted(ids[4:8]) == [0, 1, 2, 3]
+    assert plan.checkpoints == {len(plan.steps): ["done"]} and len(plan.steps) == 3
+    assert warmup_plan(4, 10, 2, 2, seed=0).steps == plan.steps != warmup_plan(4, 10, 2, 2, 1).steps
+
+
+def test_projector_warmup_trains_the_projector_alone_and_a_rerun_reuses_it(
+    tiny_tokenizer, tiny_model, plugins, tmp_path
+):
+    users = samples(4, n_candidates=6)
+    model = add_lora(tiny_model, {**LORA_DEFAULTS, "lora_r": 4, "lora_alpha": 8})
+    ctx = hybrid_context(model)
+    setup = setup_for(tiny_tokenizer, ctx, users, plugins)
+    config = sft_config(sft_objective="listwise", projector_warmup_samples=12)
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters()}
+    model.eval()  # dropout off for the two scorings
+
+    def scores() -> torch.Tensor:
+        with torch.no_grad():
+            return torch.cat(candidate_log_likelihoods(model, tiny_tokenizer, users, ctx))
+
+    before = scores()
+    projector = {k: v.clone() for k, v in ctx.projector.state_dict().items()}
+    out = SFTTrainer(model, ctx.projector, setup, config, tmp_path).warm_up()
+    assert out["samples_done"] == 12 and out["steps_done"] == 3
+    for name, param in model.named_parameters():  # LoRA included: trained nothing
+        assert torch.equal(param, frozen[name]) and param.grad is None, name
+    trained = {k: v.clone() for k, v in ctx.projector.state_dict().items()}
+    assert not torch.equal(trained["net.0.weight"], projector["net.0.weight"])
+    model.eval()
+    assert not torch.allclose(scores(), before)  # the candidates' scores moved: embeddings
+    assert (tmp_path / WARMUP / "checkpoints" / "done").is_dir()
+
+    ctx.projector.load_state_dict(projector)  # a rerun in a new process: untrained projector
+    again = SFTTrainer(model, ctx.projector, setup, config, tmp_path).warm_up()
+    assert again["resumed_at_samples"] == 12  # nothing retrained
+    for key, value in ctx.projector.state_dict().items():
+        assert torch.equal(value, trained[key]), key
 
 
 def test_the_sft_artifact_is_a_peft_adapter_that_from_pretrained_loads_to_the_same_logits(

@@ -62,6 +62,15 @@ def test_the_hash_covers_exactly_the_declared_keys_inputs_and_version(config):
         run_stage(needs, config, {})
 
 
+def test_a_key_added_later_is_hashed_only_when_set_off_its_old_behaviour(config):
+    old = run_stage(Stage("demo", reads=("size",), build=_write), config)
+    added = Stage("demo", reads=("size", "warm"), build=_write, added={"warm": 0})
+    assert run_stage(added, config.updated(warm=0)) == old  # the folders built before it
+    assert run_stage(added, config.updated(warm=3)) != old
+    with pytest.raises(TypeError, match=r"added keys \['warm'\] are not in reads"):
+        Stage("demo", reads=("size",), build=_write, added={"warm": 0})
+
+
 @pytest.mark.parametrize(
     "damage, message",
     [

@@ -81,7 +81,11 @@ SFT_KEYS = (
     # the training loss (appended last: the earlier keys keep their order)
     "sft_objective",
     "sft_objective_mix",
+    "projector_warmup_samples",
 )
+#: SFT keys added after SFT folders existed, with the value that trains what those folders hold
+#: (hashed only when set otherwise: ``Stage.added``).
+SFT_ADDED = {"projector_warmup_samples": 0}
 EVAL_KEYS = (
     *("inference", "score_rule", "score_max_tokens", "merge_lora", "eval_users", "eval_seed"),
     "eval_item_embeddings",
@@ -376,6 +380,7 @@ SFT = Stage(
     version=4,
     resumable=True,
     distributed=True,
+    added=SFT_ADDED,
 )
 #: Ranks of the test users' candidates; the model's results.
 EVAL = Stage(
@@ -385,4 +390,5 @@ EVAL = Stage(
     needs=("data", "rec_model", "cpt", "sft"),
     build=_build_eval,
     distributed=True,
+    added=SFT_ADDED,
 )

@@ -6,6 +6,10 @@ not per epoch or per DataLoader worker as in LLaRA's code, so it reaches 1.0 at 
 ``sft_objective`` picks the loss: ``answer`` (LLaRA's causal-LM loss on the answer tokens),
 ``listwise`` (cross-entropy of the positive among its candidates, scored as ``score`` ranks
 them), or ``mix``: ``(1 - sft_objective_mix) * answer + sft_objective_mix * listwise``.
+
+``projector_warmup_samples`` > 0 first trains the projector alone, LoRA and backbone frozen, on
+hybrid prompts: the only way to lower the loss then is through the item embeddings, which an LLM
+that reads titles can otherwise ignore (issue 26's diagnostics).
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from cprec_recbole.stages import peak_memory_mb
 
 logger = logging.getLogger(__name__)
 PROJECTOR = "projector.safetensors"
+WARMUP = "projector_warmup"  # the warm-up's checkpoints: <sft folder>/projector_warmup/checkpoints
 
 
 def hybrid_probability(step: int, total_steps: int) -> float:
@@ -177,6 +182,18 @@ def sft_plan(n_samples: int, epochs: int, micro: int, accumulate: int, seed: int
     return Plan(steps, checkpoints)
 
 
+def warmup_plan(
+    n_samples: int, warmup_samples: int, micro: int, accumulate: int, seed: int
+) -> Plan:
+    """The projector warm-up's sample ids: seeded permutations of epoch 0's ``n_samples``, as
+    many as ``warmup_samples`` asks for, cut into steps; one named checkpoint at its end."""
+    generator = torch.Generator().manual_seed(seed)
+    rounds = math.ceil(warmup_samples / max(n_samples, 1))
+    order = torch.cat([torch.randperm(n_samples, generator=generator) for _ in range(rounds)])
+    steps = batch_steps(order[:warmup_samples].tolist(), micro, accumulate)
+    return Plan(steps, {len(steps): ["done"]})
+
+
 def curriculum_choice(seed: int, step: int, first_id: int, n: int, p: float) -> np.ndarray:
     """Which of a micro-batch's ``n`` samples get the hybrid prompt: seeded by the step and the
     micro-batch, so a resumed run draws the same without carrying generator state."""
@@ -212,6 +229,46 @@ class SFTTrainer:
         args = LoopArguments.from_config("sft", config, self.seed)
         self.loop = TrainLoop(model, projector, optimizer, scheduler, folder, args, self.validation)
         self._epoch: tuple[int, Sequence[LLMSample]] | None = None
+        self.warmup = self._warmup_loop(config, folder, micro, accumulate)
+
+    def _warmup_loop(
+        self, config: Mapping[str, Any], folder: Path, micro: int, accumulate: int
+    ) -> tuple[TrainLoop, Plan] | None:
+        """The projector warm-up's own loop (Adam over the projector alone, the SFT schedule
+        over its steps), or None without a projector or warm-up samples."""
+        samples = int(config["projector_warmup_samples"])
+        if not samples or self.projector is None:
+            return None
+        plan = warmup_plan(self.n, samples, micro, accumulate, self.seed)
+        decay = float(config["projector_decay"])
+        optimizer = torch.optim.Adam(
+            [{"params": list(self.projector.parameters()), "weight_decay": decay}],
+            lr=float(config["learning_rate"]),
+        )
+        total = len(plan.steps)
+        warmup = int(float(config["warmup_ratio"]) * total)
+        scheduler = self.setup.scheduler_factory(
+            optimizer, {"warmup": warmup, "total": total}, config
+        )
+        args = LoopArguments.from_config(WARMUP, config, self.seed)
+        loop = TrainLoop(self.model, self.projector, optimizer, scheduler, folder / WARMUP, args)
+        return loop, plan
+
+    def warm_up(self) -> dict | None:
+        """Train the projector alone on hybrid prompts (resumed, or skipped once done); the LoRA
+        gradients this computes are dropped, never applied."""
+        if self.warmup is None:
+            return None
+        loop, plan = self.warmup
+
+        def loss(step: int, ids: list[int]) -> Tensor:
+            part = [self.samples_of(0)[i] for i in ids]
+            return sft_loss(self.model, self.setup, part, True, self.weights)
+
+        out = loop.run(plan, loss)
+        self.model.zero_grad(set_to_none=True)
+        logger.info("%s: %d samples, loss %.4f", WARMUP, out["samples_done"], out["train_loss"])
+        return out
 
     def samples_of(self, epoch: int) -> Sequence[LLMSample]:
         """The epoch's samples (candidates redrawn every epoch), kept while the epoch lasts."""
@@ -267,8 +324,10 @@ class SFTTrainer:
         }
 
     def train(self) -> dict:
-        """Run the plan, then load the best epoch's weights; returns the per-epoch history
-        (loss, valid metrics, wall time, peak memory) and the best validation."""
+        """Warm the projector up (if asked), run the plan, then load the best epoch's weights;
+        returns the per-epoch history (loss, valid metrics, wall time, peak memory), the best
+        validation and the warm-up's loss and time."""
+        warmup = self.warm_up()
         train = self.loop.run(self.plan, self.loss, self.end_of_epoch)
         load_trainable_state(self.model, self.projector, self.validation.best)
         history = self.validation.history
@@ -278,6 +337,7 @@ class SFTTrainer:
             "total_steps": len(self.plan.steps),
             "steps_done": train["steps_done"],
             "resumed_at_samples": train["resumed_at_samples"],
+            **({"projector_warmup": warmup} if warmup else {}),
         }
 
 
