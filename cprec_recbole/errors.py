@@ -14,6 +14,10 @@ class ConfigError(ValueError):
     """A configuration file or key is invalid."""
 
 
+class CheckpointError(ConfigError):
+    """A training checkpoint of a partial stage cannot be read; the stage adds its ``--force``."""
+
+
 class RunError(RuntimeError):
     """Part of a run failed elsewhere (a search's trial); the message says where its details are."""
 

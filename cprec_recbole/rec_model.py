@@ -20,6 +20,7 @@ from cprec_recbole.data.prepare import PreparedData
 from cprec_recbole.io import write_text
 from cprec_recbole.results import write_ranks, write_results
 from cprec_recbole.run_config import RunConfig
+from cprec_recbole.search_keys import TUNE_KEYS
 from cprec_recbole.stages import EVERY, Stage, peak_memory_mb, run_stage
 from cprec_recbole.trainer import CandidateEvalData, CandidateTrainer
 
@@ -29,8 +30,7 @@ NOT_HASHED = {
     *("output_dir", "data_path", "show_progress", "plugins", "state", "gpu_id", "force"),
     *("extra_keys", "download"),  # unread keys; fetching raw files
     "item_text_folder",  # a path; its stage's name (item_text_stage) is hashed
-    *("tune", "tune_space", "tune_cpus_per_trial", "tune_gpus_per_trial", "ray_address"),
-    "tune_workers_per_trial",
+    *TUNE_KEYS,
 }
 
 

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from cprec_recbole import distributed
-from cprec_recbole.errors import ConfigError
+from cprec_recbole.errors import CheckpointError, ConfigError
 from cprec_recbole.io import write_json
 from cprec_recbole.run_config import RunConfig, reading, tracked
 
@@ -435,6 +435,9 @@ def _build(
     with reading(stage.name, stage.allowed(extra)) as read:
         try:
             metrics = stage.build(folder, config, **context) or {}
+        except CheckpointError as exc:
+            message = f"stage {stage.name}: {exc}, or rebuild it with --force={stage.name}"
+            raise StageError(message) from None
         except Exception as exc:
             exc.add_note(f"(building stage {stage.name} in {folder})")
             raise

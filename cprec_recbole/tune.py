@@ -44,14 +44,10 @@ from cprec_recbole.plugins import Plugins, load_plugins
 from cprec_recbole.ray_cluster import connect
 from cprec_recbole.results import markdown_table
 from cprec_recbole.run_config import RunConfig
+from cprec_recbole.search_keys import TUNE_KEYS
 from cprec_recbole.stages import config_hash
 
 logger = logging.getLogger(__name__)
-#: Keys of the search itself: never part of a trial's stages.
-TUNE_KEYS = (
-    *("tune", "tune_space", "ray_address"),
-    *("tune_cpus_per_trial", "tune_gpus_per_trial", "tune_workers_per_trial"),
-)
 #: What a data-parallel trial's driver reserves: its process, which only waits on its workers
 #: (Ray refuses a trial that reserves nothing; a CPU would starve the workers of a small node).
 DRIVER_RESOURCES = {"cpu": 0, "memory": 256 * 2**20}

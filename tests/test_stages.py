@@ -9,6 +9,7 @@ import pytest
 
 from cprec_recbole.cli import main
 from cprec_recbole.errors import ConfigError
+from cprec_recbole.llm.loop import checkpoints
 from cprec_recbole.run_config import RunConfig, UndeclaredKeyError
 from cprec_recbole.stages import MANIFEST, Stage, StageError, run_stage
 
@@ -69,6 +70,24 @@ def test_a_key_added_later_is_hashed_only_when_set_off_its_old_behaviour(config)
     assert run_stage(added, config.updated(warm=3)) != old
     with pytest.raises(TypeError, match=r"added keys \['warm'\] are not in reads"):
         Stage("demo", reads=("size",), build=_write, added={"warm": 0})
+
+
+def test_a_damaged_checkpoint_cursor_names_the_checkpoint_and_the_stage_to_rebuild(config):
+    def resume(folder: Path, config: RunConfig) -> dict:
+        return {"steps": max(checkpoints(folder / "checkpoints"), default=(0, None))[0]}
+
+    stage = Stage("demo", reads=("size",), build=resume, resumable=True)
+    folder = run_stage(stage, config, force=True)
+    (folder / MANIFEST).unlink()  # a partial stage, killed after checkpoint 7
+    cursor = folder / "checkpoints" / "rolling-7" / "cursor.json"
+    cursor.parent.mkdir(parents=True)
+    cursor.write_text('{"steps_done": 7')
+    with pytest.raises(StageError) as error:
+        run_stage(stage, config)
+    assert f"{cursor} is damaged (JSONDecodeError" in str(error.value)
+    assert f"delete {cursor.parent}" in str(error.value) and "--force=demo" in str(error.value)
+    cursor.write_text('{"steps_done": 7}')
+    assert json.loads((run_stage(stage, config) / MANIFEST).read_text())["metrics"] == {"steps": 7}
 
 
 @pytest.mark.parametrize(

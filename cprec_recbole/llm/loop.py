@@ -42,7 +42,7 @@ from torch import nn
 from tqdm import tqdm
 
 from cprec_recbole import distributed
-from cprec_recbole.errors import ConfigError
+from cprec_recbole.errors import CheckpointError, ConfigError
 from cprec_recbole.io import write_atomic_dir
 from cprec_recbole.stages import peak_memory_mb
 
@@ -141,7 +141,13 @@ def checkpoints(folder: Path, rolling: bool = True) -> list[tuple[int, Path]]:
     for path in Path(folder).glob("[!.]*"):
         cursor = path / CURSOR
         if cursor.is_file() and (rolling or not path.name.startswith(ROLLING)):
-            out.append((json.loads(cursor.read_text())["steps_done"], path))
+            try:
+                out.append((int(json.loads(cursor.read_text())["steps_done"]), path))
+            except (ValueError, KeyError, TypeError) as exc:  # JSONDecodeError is a ValueError
+                raise CheckpointError(
+                    f"{cursor} is damaged ({type(exc).__name__}: {exc}); delete {path} to resume "
+                    "from the checkpoint before it"
+                ) from None
     return out
 
 
