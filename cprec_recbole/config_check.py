@@ -25,7 +25,7 @@ from cprec_recbole.config import (
     read_yaml,
 )
 from cprec_recbole.errors import ConfigError
-from cprec_recbole.keys import Registered, rules
+from cprec_recbole.keys import Registered, Rule, declarations, rules
 from cprec_recbole.llm.names import REC_MODEL
 from cprec_recbole.llm.schedulers import schedule_keys
 from cprec_recbole.plugins import Plugins
@@ -132,11 +132,24 @@ def _type_name(value: Any) -> str | None:
     return None
 
 
-def value_problem(key: str, value: Any, defaults: list, plugins: Plugins) -> str | None:
-    """What is wrong with ``value`` for ``key``, or None: the check declared in ``properties/``;
-    for a key declared elsewhere (RecBole's), the type of its built-in defaults (null passes
-    where a default is null)."""
-    rule = rules().get(key)
+def own_rules(model_cls: Any) -> dict[str, Rule]:
+    """The checks a plugin model declares in its own properties file (``cls.properties``), in
+    the same ``# (check) comment`` style, for keys the package does not declare."""
+    own = getattr(model_cls, "properties", None)
+    if not own or not Path(own).is_file():
+        return {}
+    declared = rules()
+    lines = declarations(Path(own))
+    return {x.key: x.rule for x in lines if x.rule is not None and x.key not in declared}
+
+
+def value_problem(
+    key: str, value: Any, defaults: list, plugins: Plugins, extra_rules: Mapping | None = None
+) -> str | None:
+    """What is wrong with ``value`` for ``key``, or None: the check declared in ``properties/``
+    or in a plugin model's own file (``extra_rules``); for a key declared nowhere (RecBole's),
+    the type of its built-in defaults (null passes where a default is null)."""
+    rule = rules().get(key) or (extra_rules or {}).get(key)
     if isinstance(rule, Registered):
         registry = getattr(plugins, rule.registry)
         if value in registry or (value is None and rule.nullable):
@@ -181,8 +194,9 @@ def check_config(
     rec_keys = sasrec if "sasrec" in getattr(model_cls, "pipeline", ()) else set()
     problems = unknown_key_problems(unknown, known, extra, readers, rec_keys)
     defaults = builtin_values(model, dataset, model_cls, config)
+    model_rules = own_rules(model_cls)
     for key in sorted(known & set(config)):
-        problem = value_problem(key, config[key], defaults.get(key, []), plugins)
+        problem = value_problem(key, config[key], defaults.get(key, []), plugins, model_rules)
         if problem:
             where = given.get(key) or "the built-in properties"
             problems.append(f"config key {key!r} ({where}) {problem}")

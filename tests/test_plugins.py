@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 import torch
 
 from cprec_recbole.cli import main
+from cprec_recbole.command import build_config
+from cprec_recbole.config_check import check_config
+from cprec_recbole.errors import ConfigError
 from cprec_recbole.plugins import LOAD_PLUGINS_ENV, PluginError, load_plugins
 from cprec_recbole.quick_start import run
 
@@ -36,6 +40,26 @@ def test_a_plugin_file_adds_a_model_the_pipeline_trains(tmp_path, tiny_overrides
     path.write_text(MODEL_PLUGIN.format(name="MySASRec"))
     results = run("MySASRec", "Tiny", overrides={**tiny_overrides, "plugins": [str(path)]})
     assert results["model"] == "MySASRec" and results["test"]["users"] == 60
+
+
+def test_a_plugin_models_own_properties_file_checks_its_keys(tmp_path, plugins):
+    (tmp_path / "my_sasrec.yaml").write_text(
+        "mix_weight: 0.5  # (float in [0, 1]) the plugin's own key\n"
+        "n_layers: 1      # a built-in key: set, checked by its own declaration\n"
+    )
+    path = tmp_path / "my_model.py"
+    own = "    properties = __import__('pathlib').Path(__file__).with_name('my_sasrec.yaml')\n"
+    path.write_text(MODEL_PLUGIN.format(name="MySASRec").replace('"""\n', '"""\n' + own, 1))
+    plugins = load_plugins([path])
+    check = {"mix_weight": 0.25}
+    check_config(build_config("MySASRec", "Game", plugins, overrides=check), plugins, {}, check)
+    for bad, message in [(1.5, "in [0, 1], got 1.5"), ("half", "got 'half'")]:
+        overrides = {"mix_weight": bad}
+        config = build_config("MySASRec", "Game", plugins, overrides=overrides)
+        with pytest.raises(
+            ConfigError, match=r"'mix_weight' \(--mix_weight\) must be .*" + re.escape(message)
+        ):
+            check_config(config, plugins, overrides=overrides)
 
 
 def test_duplicate_name_is_an_error_naming_both_plugins(tmp_path):
