@@ -6,7 +6,7 @@ its answer named no candidate (an LLM's invalid answer counts as a miss everywhe
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from itertools import pairwise
 
 import numpy as np
@@ -47,10 +47,22 @@ def first_pick_positions(
 ) -> np.ndarray:
     """Per user, the candidate-list position of the model's first pick, ``INVALID`` where it
     picked none: what the diagnostics compare with another model's first pick."""
-    return np.array(
-        [list(c).index(p[0]) if p else INVALID for c, p in zip(candidates, picks, strict=True)],
-        dtype=np.int64,
-    )
+    orders = pick_orders(candidates, [p[:1] for p in picks])
+    return np.array([o[0] if o else INVALID for o in orders], dtype=np.int64)
+
+
+def orders_column(orders: Iterable[Sequence[int]]) -> list[str]:
+    """Each user's candidate positions in the model's order, best first, as ``test_ranks.tsv``'s
+    ``order`` column writes them (``"8 3 17 ..."``; a generating model lists only its picks):
+    what :mod:`cprec_recbole.fusion` combines across models."""
+    return [" ".join(str(int(i)) for i in order) for order in orders]
+
+
+def pick_orders(
+    candidates: Sequence[Sequence[str]], picks: Sequence[Sequence[str]]
+) -> list[list[int]]:
+    """Per user, the candidate-list positions of the model's picks, in pick order."""
+    return [[list(c).index(p) for p in ps] for c, ps in zip(candidates, picks, strict=True)]
 
 
 def rank_metrics(ranks: np.ndarray, ks: tuple[int, ...] = (1, 3, 5)) -> dict[str, float]:

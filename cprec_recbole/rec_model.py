@@ -17,6 +17,7 @@ from recbole.utils import init_seed
 
 from cprec_recbole.compat import no_argv
 from cprec_recbole.data.prepare import PreparedData
+from cprec_recbole.evaluation import orders_column
 from cprec_recbole.io import write_text
 from cprec_recbole.results import write_ranks, write_results
 from cprec_recbole.run_config import RunConfig
@@ -79,6 +80,7 @@ def _train(folder: Path, config: RunConfig, model_cls: type, data: PreparedData)
         "history_len": test.item_seq_len,
         "positive": test.target_index,
         "top1": trainer.last_top1,
+        "order": orders_column(trainer.last_orders),
     }
     write_ranks(folder, pd.DataFrame(ranks))
     results = {

@@ -60,6 +60,7 @@ class CandidateTrainer(Trainer):
         self.bucket_edges = bucket_edges
         self.last_ranks: np.ndarray | None = None
         self.last_top1: np.ndarray | None = None  # candidate position of each user's top score
+        self.last_orders: np.ndarray | None = None  # candidate positions by score, best first
 
     def _build_optimizer(self, **kwargs):
         """RecBole's optimizer; a model with ``parameter_groups(learning_rate)`` (MoRec end to
@@ -107,4 +108,5 @@ class CandidateTrainer(Trainer):
         ranks = ranks_from_scores(scores, eval_data.target_index, eval_data.user_ids)
         self.last_ranks = ranks
         self.last_top1 = scores.argmax(axis=1)
+        self.last_orders = np.argsort(-scores, axis=1, kind="stable")
         return evaluate_ranks(ranks, eval_data.item_seq_len.numpy(), self.bucket_edges)

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from cprec_recbole.cli import main
+from cprec_recbole.compare import main as compare_main
 from cprec_recbole.diagnostics import (
     diagnostics_section,
     position_bucket,
@@ -17,6 +18,7 @@ from cprec_recbole.diagnostics import (
     top1_agreement,
 )
 from cprec_recbole.evaluation import INVALID
+from cprec_recbole.fusion import main as fusion_main
 from cprec_recbole.results import write_ranks
 from tests.conftest import TINY_SIZES
 from tests.reported_metrics import assert_metrics_follow_from_ranks
@@ -107,3 +109,24 @@ def test_the_diagnostics_experiment_reports_embedding_arms_positions_and_agreeme
     assert "| 1-4 |" in report and "Left out" not in report
     assert "| arm | users | same top-1 | hits where it hits |" in report
     assert "| CPRec text-only | 12 |" in report
+
+    # every folder lists each user's candidates in its order; RRF fuses SASRec's and LLaRA's
+    folders = dict(zip(rows["arm"], rows["folder"], strict=True))
+    for path in folders.values():
+        ranks = pd.read_csv(Path(path) / "test_ranks.tsv", sep="\t", dtype={"order": str})
+        orders = [[int(i) for i in o.split()] for o in ranks["order"]]
+        assert [o[0] for o in orders] == ranks["top1"].tolist()
+        assert [o.index(p) for o, p in zip(orders, ranks["positive"], strict=True)] == ranks[
+            "rank"
+        ].tolist()
+    fused = saved / "fusion"
+    assert fusion_main([folders["SASRec"], folders["LLaRA"], f"--out={fused}"]) == 0
+    results = json.loads((fused / "results.json").read_text())
+    assert results["test"]["users"] == 12 and 0 <= results["test"]["hr@1"] <= 1
+    assert compare_main([str(fused), folders["SASRec"], "--k", "1"]) == 0
+    assert fusion_main([folders["SASRec"], folders["SASRec"], f"--out={saved / 'same'}"]) == 0
+    same = pd.read_csv(saved / "same" / "test_ranks.tsv", sep="\t", dtype={"user_id": str})
+    sasrec = pd.read_csv(Path(folders["SASRec"]) / "test_ranks.tsv", sep="\t", dtype=str)
+    assert same.set_index("user_id")["rank"].astype(str).to_dict() == {
+        u: r for u, r in zip(sasrec["user_id"], sasrec["rank"], strict=True)
+    }  # fusing a model with itself keeps its ranking

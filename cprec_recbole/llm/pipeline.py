@@ -27,7 +27,7 @@ from cprec_recbole.data.candidates import draw_candidate_sets
 from cprec_recbole.data.prepare import PreparedData
 from cprec_recbole.data.windows import sliding_windows
 from cprec_recbole.errors import ConfigError
-from cprec_recbole.evaluation import first_pick_positions
+from cprec_recbole.evaluation import first_pick_positions, orders_column, pick_orders
 from cprec_recbole.llm.backbone import BACKBONE_KEYS, add_lora, add_special_tokens, load_backbone
 from cprec_recbole.llm.batching import LLMSample, RenderContext, prompt_titles
 from cprec_recbole.llm.inference import evaluate_sharded, item_embedding_context, output_metrics
@@ -338,7 +338,9 @@ class LLMRecommender:
             "positive": [s.candidates.index(s.target) for s in samples],
         }
         if out.picks:
-            ranks["top1"] = first_pick_positions([s.candidates for s in samples], out.picks)
+            candidates = [s.candidates for s in samples]
+            ranks["top1"] = first_pick_positions(candidates, out.picks)
+            ranks["order"] = orders_column(pick_orders(candidates, out.picks))
         if distributed.is_main():
             write_ranks(folder, pd.DataFrame(ranks))
         results = {
