@@ -29,16 +29,20 @@ from cprec_recbole.results import RANKS_FILE
 RESULTS_FILE = "results.json"
 
 
-def read_ranks(folder: Path) -> pd.Series:
-    """Rank of the positive per user id (``INVALID`` = -1 for an answer naming no candidate)."""
+def ranks_table(folder: Path, dtype: dict | None = None) -> pd.DataFrame:
+    """A model folder's ``test_ranks.tsv``, user ids as strings (``dtype``: other columns')."""
     path = Path(folder) / RANKS_FILE
     if not path.is_file():
         raise FileNotFoundError(
             f"{path} not found: pass a finished model folder (saved/rec_model/<hash> or "
             f"saved/eval/<hash>), the one whose results.json the run printed"
         )
-    frame = pd.read_csv(path, sep="\t", dtype={"user_id": str})
-    return frame.set_index("user_id")["rank"]
+    return pd.read_csv(path, sep="\t", dtype={"user_id": str, **(dtype or {})})
+
+
+def read_ranks(folder: Path) -> pd.Series:
+    """Rank of the positive per user id (``INVALID`` = -1 for an answer naming no candidate)."""
+    return ranks_table(folder).set_index("user_id")["rank"]
 
 
 def candidates_sha256_of(folder: Path) -> str:

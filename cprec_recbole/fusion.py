@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cprec_recbole.compare import RESULTS_FILE, check_same_candidates
+from cprec_recbole.compare import RESULTS_FILE, check_same_candidates, ranks_table
 from cprec_recbole.evaluation import orders_column, rank_metrics
 from cprec_recbole.io import write_json, write_text
-from cprec_recbole.results import RANKS_FILE, markdown_table
+from cprec_recbole.results import RANKS_FILE, markdown_table, write_ranks
 
 RRF_K = 60
 
@@ -50,11 +50,9 @@ def fuse_orders(order_a: Sequence[int], order_b: Sequence[int], n: int, k: int) 
 
 def read_orders(folder: Path) -> pd.DataFrame:
     """``positive`` and ``order`` per user id; refuses folders written before the orders were."""
-    path = Path(folder) / RANKS_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: pass a finished model folder")
-    frame = pd.read_csv(path, sep="\t", dtype={"user_id": str, "order": str})
+    frame = ranks_table(folder, {"order": str})
     if "order" not in frame or frame["order"].isna().any():
+        path = Path(folder) / RANKS_FILE
         stage = "rec_model" if Path(folder).parent.name == "rec_model" else "eval"
         raise ValueError(
             f"{path} has no candidate orders (written before they were): rerun that model "
@@ -91,7 +89,7 @@ def fuse(folder_a: Path, folder_b: Path, k: int = RRF_K) -> pd.DataFrame:
 def write_fusion(out: Path, folder_a: Path, folder_b: Path, ranks: pd.DataFrame, k: int) -> dict:
     """The fused arm's folder: ``test_ranks.tsv``, ``results.json`` and a readable table."""
     out.mkdir(parents=True, exist_ok=True)
-    write_text(out / RANKS_FILE, ranks.to_csv(sep="\t", index=False))
+    write_ranks(out, ranks)
     digests = json.loads((Path(folder_a) / RESULTS_FILE).read_text())["candidates_sha256"]
     results = {
         "model": "RRF",
