@@ -360,3 +360,38 @@ def test_permuted_embeddings_change_a_trained_hybrid_models_scores(tiny_tokenize
     moved = candidate_log_likelihoods(tiny_model, tiny_tokenizer, users, permuted)
     assert all(torch.equal(a, b) for a, b in zip(before, same, strict=True))
     assert all((a - b).abs().max() > 1e-3 for a, b in zip(before, moved, strict=True))
+
+
+def test_item_token_score_adds_each_candidates_logit_at_the_last_prompt_state(
+    tiny_tokenizer, tiny_model
+):
+    users = samples(3, n_candidates=5)
+    torch.manual_seed(0)
+    embeddings = torch.randn(len(TITLES), 8)
+    projector = Projector(8, tiny_model.config.hidden_size)
+    titles = context({"score_rule": "mean"}, item_embeddings=embeddings, projector=projector)
+    items = replace(titles, config={**titles.config, "item_token_score": True})
+    base = candidate_log_likelihoods(tiny_model, tiny_tokenizer, users, titles)
+    scored = candidate_log_likelihoods(tiny_model, tiny_tokenizer, users, items)
+    prompts = encode_batch(tiny_tokenizer, LLARA_HYBRID, users, TITLES, ITEM_INDEX, "game", False)
+    with torch.no_grad():  # the prompts alone, left padded: the last column is each prompt's end
+        states = tiny_model(
+            inputs_embeds=embed_batch(tiny_model, prompts, embeddings, projector),
+            attention_mask=prompts.attention_mask,
+            position_ids=prompts.position_ids,
+            output_hidden_states=True,
+        ).hidden_states[-1][:, -1]
+        for user, state, b, s in zip(users, states, base, scored, strict=True):
+            tokens = projector(embeddings[[ITEM_INDEX[c] for c in user.candidates]])
+            torch.testing.assert_close(s, b + tokens @ state, rtol=1e-4, atol=1e-4)
+    # the text-only diagnostic takes the item logits away with the embeddings
+    none = item_embedding_context(items, "none", LLARA_TEXT, 0)
+    text = replace(titles, template=LLARA_TEXT)
+    for a, b in zip(
+        candidate_log_likelihoods(tiny_model, tiny_tokenizer, users, none),
+        candidate_log_likelihoods(tiny_model, tiny_tokenizer, users, text),
+        strict=True,
+    ):
+        assert torch.equal(a, b)
+    with pytest.raises(ConfigError, match="inference=generate never computes; set inference=score"):
+        generate(tiny_model, tiny_tokenizer, users, items)

@@ -20,11 +20,13 @@ from peft import PeftModel
 from safetensors.torch import load_file
 
 from cprec_recbole.builtin.prompt_templates import LLARA_HYBRID
+from cprec_recbole.errors import ConfigError
 from cprec_recbole.llm.backbone import add_lora
 from cprec_recbole.llm.batching import RenderContext, encode_batch
 from cprec_recbole.llm.inference import candidate_log_likelihoods, output_metrics, score
 from cprec_recbole.llm.losses import answer_loss, listwise_loss
 from cprec_recbole.llm.projector import Projector, embed_batch
+from cprec_recbole.llm.scoring import check_item_token_score
 from cprec_recbole.llm.sft import (
     PROJECTOR,
     WARMUP,
@@ -80,7 +82,7 @@ def sft_config(**objective) -> dict:
         "max_grad_norm": None,
         "autocast": False,
         "compile": False,
-        "stopping_step": 40,
+        "stopping_step": 60,
         "sparsity_buckets": [1, 3],
         "sft_objective": "answer",
         "sft_objective_mix": 0.5,
@@ -155,6 +157,36 @@ def test_listwise_sft_ranks_every_memorised_positive_first(
     assert metrics["best_valid"]["hr@1"] == 1.0
     out = score(tiny_model, tiny_tokenizer, users, ctx)  # the best state, as training ends
     assert out.ranks.tolist() == [0] * len(users)
+
+
+def test_item_token_scores_learn_a_ranking_that_identical_titles_cannot_express(
+    tiny_tokenizer, tiny_model, plugins, tmp_path
+):
+    users = samples(4, n_candidates=8)
+    ctx = replace(hybrid_context(tiny_model), titles=dict.fromkeys(TITLES, "Game"))
+    ties = score(tiny_model, tiny_tokenizer, users, ctx).ranks.tolist()
+    assert ties == [7] * len(users)  # equal titles tie, and ties count against the positive
+    ctx = replace(ctx, config={**ctx.config, "item_token_score": True})
+    setup = setup_for(tiny_tokenizer, ctx, users, plugins)
+    # every positive first from epoch 33 of 60 here
+    config = sft_config(
+        sft_objective="listwise", item_token_score=True, learning_rate=1e-2, epochs=60
+    )
+    metrics = SFTTrainer(tiny_model, ctx.projector, setup, config, tmp_path).train()
+    assert metrics["best_valid"]["hr@1"] == 1.0
+    assert score(tiny_model, tiny_tokenizer, users, ctx).ranks.tolist() == [0] * len(users)
+
+
+def test_item_token_score_needs_embeddings_a_listwise_loss_and_scoring():
+    ok = {"item_token_score": True, "sft_objective": "mix", "valid_inference": "score"}
+    check_item_token_score({**ok, "item_token_score": False, "sft_objective": "answer"}, False)
+    check_item_token_score(ok, True)
+    with pytest.raises(ConfigError, match="item_token_score: true needs item embeddings"):
+        check_item_token_score(ok, False)
+    with pytest.raises(ConfigError, match="set sft_objective=listwise or mix"):
+        check_item_token_score({**ok, "sft_objective": "answer"}, True)
+    with pytest.raises(ConfigError, match="valid_inference=generate never computes"):
+        check_item_token_score({**ok, "valid_inference": "generate"}, True)
 
 
 def test_the_warmup_plan_takes_seeded_rounds_of_every_sample():

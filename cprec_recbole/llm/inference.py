@@ -39,7 +39,12 @@ from cprec_recbole.llm.batching import (
 from cprec_recbole.llm.names import EVAL_ITEM_EMBEDDINGS
 from cprec_recbole.llm.projector import embed_batch, model_device
 from cprec_recbole.llm.prompts import PromptTemplate
-from cprec_recbole.llm.scoring import candidate_scores, score_rule
+from cprec_recbole.llm.scoring import (
+    GENERATE_REFUSED,
+    candidate_scores,
+    score_rule,
+    uses_item_tokens,
+)
 
 if TYPE_CHECKING:  # the LLM models import this module, and loading plugins loads them
     from transformers import StoppingCriteria
@@ -77,7 +82,7 @@ def item_embedding_context(
 ) -> RenderContext:
     """The context for ``eval_item_embeddings``: ``trained`` as is; ``permuted``, each item's
     embedding row swapped for another item's (``derangement``; row 0, padding, kept); ``none``,
-    the text-only prompt of the curriculum. What the collaborative embeddings add to a model's
+    the text-only prompt of the curriculum, and no item embeddings (nor item-token logits). What the collaborative embeddings add to a model's
     ranking is the drop from ``trained``."""
     if mode not in EVAL_ITEM_EMBEDDINGS:
         raise ConfigError(
@@ -97,7 +102,7 @@ def item_embedding_context(
         )
     if text_template is None:
         raise ConfigError("eval_item_embeddings=none needs a text_template (the text-only prompt)")
-    return replace(ctx, template=text_template)
+    return replace(ctx, template=text_template, item_embeddings=None)
 
 
 def output_metrics(out: EvalOutput, samples: Sequence[LLMSample], edges: Sequence[int]) -> dict:
@@ -245,6 +250,9 @@ def iterative_ranks(
 def generate(model: nn.Module, tokenizer, samples: Sequence[LLMSample], ctx: RenderContext):
     """The paper's evaluation: iterative greedy generation, stopping each answer at a newline."""
     from cprec_recbole.llm.stopping import StopAtNewline
+
+    if uses_item_tokens(ctx):
+        raise ConfigError(GENERATE_REFUSED.format(key="inference"))
 
     stop = StopAtNewline(newline_token_ids(tokenizer))
     model.eval()

@@ -35,6 +35,7 @@ from cprec_recbole.llm.loop import ADAPTER, CHECKPOINTS, load_adapter
 from cprec_recbole.llm.names import REC_MODEL
 from cprec_recbole.llm.projector import Projector
 from cprec_recbole.llm.schedulers import schedule_keys
+from cprec_recbole.llm.scoring import check_item_token_score
 from cprec_recbole.llm.sft import SFTSetup, SFTTrainer, load_fine_tuned, save_fine_tuned
 from cprec_recbole.plugins import Plugins
 from cprec_recbole.rec_model import train_rec_model
@@ -82,10 +83,11 @@ SFT_KEYS = (
     "sft_objective",
     "sft_objective_mix",
     "projector_warmup_samples",
+    "item_token_score",
 )
 #: SFT keys added after SFT folders existed, with the value that trains what those folders hold
 #: (hashed only when set otherwise: ``Stage.added``).
-SFT_ADDED = {"projector_warmup_samples": 0}
+SFT_ADDED = {"projector_warmup_samples": 0, "item_token_score": False}
 EVAL_KEYS = (
     *("inference", "score_rule", "score_max_tokens", "merge_lora", "eval_users", "eval_seed"),
     "eval_item_embeddings",
@@ -213,6 +215,7 @@ class LLMRecommender:
             add_special_tokens(model, tokenizer, list(dict.fromkeys(tokens)))
         titles = prompt_titles(tokenizer, titles, self.config)
         embeddings = self.item_embeddings()
+        check_item_token_score(self.config, embeddings is not None)
         projector = None
         if embeddings is not None:
             torch.manual_seed(int(self.config["seed"]))

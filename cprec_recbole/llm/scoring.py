@@ -3,7 +3,8 @@ listwise SFT trains on, so both training and evaluation import it from here.
 
 ``score_rule`` says which likelihood: ``mean`` (of the answer's tokens, or of its first
 ``score_max_tokens``) or ``distinct_prefix`` (of the answer's shortest prefix that no other
-candidate's answer starts with).
+candidate's answer starts with). With ``item_token_score`` each candidate's score also adds its
+item token's logit (:func:`item_token_logits`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from cprec_recbole.errors import ConfigError
 from cprec_recbole.llm.batching import EncodedBatch, LLMSample, RenderContext, answer_ids
 from cprec_recbole.llm.projector import embed_batch, model_device
 from cprec_recbole.llm.prompts import answer_text
@@ -27,6 +29,53 @@ def _token_log_probs(logits: Tensor, targets: Tensor) -> Tensor:
 
 
 SCORE_RULES = ("mean", "distinct_prefix")
+
+
+def item_token_logits(hidden: Tensor, samples: Sequence[LLMSample], ctx: RenderContext) -> Tensor:
+    """Per candidate (flat, in order), ``<h, Proj(e_c)>``: ``h`` its sample's last prompt state
+    (after the final norm, what the LM head reads), ``Proj(e_c)`` the soft token the hybrid
+    prompt feeds for item ``c``. It is the logit the LM head would give ``c`` were the items
+    tokens of the vocabulary (exactly so for tied embeddings, SmolLM2's), a direct path from
+    the collaborative embeddings to the ranking, where the title's likelihood reaches them only
+    through attention (the diagnostics found that path unused)."""
+    rows = [ctx.item_index[c] for s in samples for c in s.candidates]
+    owner = [b for b, s in enumerate(samples) for _ in s.candidates]
+    dtype = next(ctx.projector.parameters()).dtype
+    index = torch.tensor(rows, device=ctx.item_embeddings.device)
+    tokens = ctx.projector(ctx.item_embeddings[index].to(dtype))
+    states = hidden[torch.tensor(owner, device=hidden.device)].to(dtype)
+    return (states * tokens.to(states.device)).sum(-1)
+
+
+GENERATE_REFUSED = (
+    "item_token_score: true adds to the candidates' scores, which {key}=generate never "
+    "computes; set {key}=score"
+)
+
+
+def check_item_token_score(config: Mapping[str, Any], has_embeddings: bool) -> None:
+    """``item_token_score`` needs the projected item embeddings, a loss that trains it and
+    scoring to validate with (``generate`` refuses it at test time)."""
+    if not config.get("item_token_score"):
+        return
+    if not has_embeddings:
+        raise ConfigError(
+            "item_token_score: true needs item embeddings and a projector (LLaRA, CPTLLaRA, "
+            "CPRec); this model's prompts are text-only"
+        )
+    if config["sft_objective"] == "answer":
+        raise ConfigError(
+            "item_token_score: true is trained only by the listwise loss; set "
+            "sft_objective=listwise or mix (the answer loss would leave the item logits untrained)"
+        )
+    if config["valid_inference"] == "generate":
+        raise ConfigError(GENERATE_REFUSED.format(key="valid_inference"))
+
+
+def uses_item_tokens(ctx: RenderContext) -> bool:
+    """Whether scores add item-token logits: asked for, and the context has item embeddings
+    (``eval_item_embeddings=none`` takes them away with the hybrid prompt)."""
+    return bool(ctx.config.get("item_token_score")) and ctx.item_embeddings is not None
 
 
 def score_rule(config: Mapping[str, Any]) -> str:
@@ -121,7 +170,7 @@ def candidate_scores(
     prompts: EncodedBatch,
 ) -> Tensor:
     """Every candidate's score after its sample's encoded prompt (``score_rule``; higher is
-    likelier), flat over the samples' candidates in order, on the model's device, with
+    likelier; plus its item token's logit with ``item_token_score``), flat over the samples' candidates in order, on the model's device, with
     gradients where enabled: ``score`` ranks by it and listwise SFT trains on it.
 
     One forward per batch: each row is the left-padded prompt followed by all its candidates'
@@ -137,15 +186,21 @@ def candidate_scores(
     tree = {k: v.to(device) for k, v in tree_layout(answers).items()}
     fed = model.get_input_embeddings()(tree["ids"]).to(prompt.dtype)
     lengths = prompts.attention_mask.sum(-1, keepdim=True)
-    logits = model(
+    items = uses_item_tokens(ctx)
+    out = model(
         inputs_embeds=torch.cat([prompt, fed], dim=1),
         attention_mask=tree_attention_mask(prompts.attention_mask, tree["segment"], prompt.dtype),
         position_ids=torch.cat([prompts.position_ids, lengths + tree["depth"]], dim=1),
         logits_to_keep=tree["ids"].shape[1] + 1,
-    ).logits
-    log_probs = _token_log_probs(logits[tree["row"], tree["column"]], tree["target"])
+        output_hidden_states=items,
+    )
+    log_probs = _token_log_probs(out.logits[tree["row"], tree["column"]], tree["target"])
     n = sum(len(s.candidates) for s in samples)
     total = log_probs.new_zeros(n).index_add(0, tree["candidate"], log_probs)  # differentiable
     if rule == "mean":
         total = total / torch.bincount(tree["candidate"], minlength=n)
+    if items:  # rows are left padded: the prompt's last position is column P - 1 of every row
+        total = total + item_token_logits(
+            out.hidden_states[-1][:, prompt.shape[1] - 1], samples, ctx
+        )
     return total
