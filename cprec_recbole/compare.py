@@ -24,14 +24,14 @@ from scipy.stats import binomtest, ttest_1samp
 
 from cprec_recbole.evaluation import INVALID
 from cprec_recbole.io import write_atomic
-from cprec_recbole.results import RANKS_FILE
+from cprec_recbole.results import ranks_file
 
 RESULTS_FILE = "results.json"
 
 
-def ranks_table(folder: Path, dtype: dict | None = None) -> pd.DataFrame:
-    """A model folder's ``test_ranks.tsv``, user ids as strings (``dtype``: other columns')."""
-    path = Path(folder) / RANKS_FILE
+def ranks_table(folder: Path, dtype: dict | None = None, split: str = "test") -> pd.DataFrame:
+    """A model folder's ``<split>_ranks.tsv``, user ids as strings (``dtype``: other columns')."""
+    path = Path(folder) / ranks_file(split)
     if not path.is_file():
         raise FileNotFoundError(
             f"{path} not found: pass a finished model folder (saved/rec_model/<hash> or "
@@ -40,31 +40,31 @@ def ranks_table(folder: Path, dtype: dict | None = None) -> pd.DataFrame:
     return pd.read_csv(path, sep="\t", dtype={"user_id": str, **(dtype or {})})
 
 
-def read_ranks(folder: Path) -> pd.Series:
+def read_ranks(folder: Path, split: str = "test") -> pd.Series:
     """Rank of the positive per user id (``INVALID`` = -1 for an answer naming no candidate)."""
-    return ranks_table(folder).set_index("user_id")["rank"]
+    return ranks_table(folder, split=split).set_index("user_id")["rank"]
 
 
-def candidates_sha256_of(folder: Path) -> str:
-    """The sha256 of the test candidate file the model in ``folder`` was evaluated on."""
+def candidates_sha256_of(folder: Path, split: str = "test") -> str:
+    """The sha256 of the ``split`` candidate file the model in ``folder`` was evaluated on."""
     path = Path(folder) / RESULTS_FILE
     results = json.loads(path.read_text()) if path.is_file() else {}
-    digest = (results.get("candidates_sha256") or {}).get("test")
+    digest = (results.get("candidates_sha256") or {}).get(split)
     if not digest:
         raise ValueError(
-            f"{path} records no candidates_sha256 for the test split, so its candidate set "
+            f"{path} records no candidates_sha256 for the {split} split, so its candidate set "
             f"cannot be checked: rerun that model to write a current results.json"
         )
     return digest
 
 
-def check_same_candidates(folder_a: Path, folder_b: Path) -> None:
-    """Refuse folders evaluated on different test candidates: their ranks are not comparable."""
-    a, b = candidates_sha256_of(folder_a), candidates_sha256_of(folder_b)
+def check_same_candidates(folder_a: Path, folder_b: Path, split: str = "test") -> None:
+    """Refuse folders evaluated on different candidates: their ranks are not comparable."""
+    a, b = candidates_sha256_of(folder_a, split), candidates_sha256_of(folder_b, split)
     if a != b:
         raise ValueError(
-            f"{folder_a} and {folder_b} were evaluated on different test candidate sets "
-            f"(candidates_sha256 test: {a} vs {b}); compare models run on the same prepared "
+            f"{folder_a} and {folder_b} were evaluated on different {split} candidate sets "
+            f"(candidates_sha256 {split}: {a} vs {b}); compare models run on the same prepared "
             f"data (same dataset, data settings and candidate seed)"
         )
 
@@ -90,10 +90,10 @@ def paired_hits(a: np.ndarray, b: np.ndarray, k: int) -> dict[str, float]:
     }
 
 
-def compare(folder_a: Path, folder_b: Path, ks: list[int]) -> pd.DataFrame:
-    """One row per k over the users both folders ranked."""
-    a, b = read_ranks(folder_a), read_ranks(folder_b)
-    check_same_candidates(folder_a, folder_b)
+def compare(folder_a: Path, folder_b: Path, ks: list[int], split: str = "test") -> pd.DataFrame:
+    """One row per k over the users of ``split`` both folders ranked."""
+    a, b = read_ranks(folder_a, split), read_ranks(folder_b, split)
+    check_same_candidates(folder_a, folder_b, split)
     users = a.index.intersection(b.index)
     if users.empty:
         raise ValueError(f"{folder_a} and {folder_b} ranked no user in common")
@@ -106,9 +106,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("b", type=Path, help="model folder B")
     parser.add_argument("--k", type=int, nargs="+", default=[1, 3, 5])
     parser.add_argument("--csv", type=Path, help="also write the table here")
+    parser.add_argument(
+        "--split",
+        choices=["test", "valid"],
+        default="test",
+        help="valid: the valid users an LLM eval scored with eval_valid_users (choosing arms)",
+    )
     args = parser.parse_args(argv)
     try:
-        table = compare(args.a, args.b, args.k)
+        table = compare(args.a, args.b, args.k, args.split)
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -11,7 +11,6 @@ import pandas as pd
 
 from cprec_recbole.io import write_atomic, write_json, write_text
 
-RANKS_FILE = "test_ranks.tsv"
 HEADLINE = ("hr@1", "valid_ratio", "hr@1_of_valid", "hr@3", "hr@5", "ndcg@3", "ndcg@5", "users")
 
 
@@ -45,11 +44,22 @@ def write_results(folder: Path, results: dict) -> None:
     write_text(folder / "results.txt", table(results) + "\n")
 
 
-def write_ranks(folder: Path, ranks: pd.DataFrame) -> None:
+def ranks_file(split: str) -> str:
+    """The per-user ranks of a split: ``test_ranks.tsv``; ``valid_ranks.tsv`` where an LLM eval
+    also scored valid users (``eval_valid_users``), what choosing between arms reads."""
+    return f"{split}_ranks.tsv"
+
+
+#: The test split's ranks: what ``compare``, the diagnostics and the fusion read by default.
+RANKS_FILE = ranks_file("test")
+
+
+def write_ranks(folder: Path, ranks: pd.DataFrame, split: str = "test") -> None:
     """test_ranks.tsv, one row per test user (``user_id``, ``rank``...): what ``compare`` pairs;
     ``positive`` and ``top1``, the candidate positions of the positive and of the model's first
     pick, are what the diagnostics read (:mod:`cprec_recbole.diagnostics`)."""
-    write_atomic(folder / RANKS_FILE, lambda tmp: ranks.to_csv(tmp, sep="\t", index=False))
+    path = folder / ranks_file(split)
+    write_atomic(path, lambda tmp: ranks.to_csv(tmp, sep="\t", index=False))
 
 
 def markdown_table(frame: pd.DataFrame, floatfmt: str = ".4g") -> str:

@@ -10,6 +10,7 @@ import pytest
 
 from cprec_recbole.builtin.prompt_templates import CHATREC
 from cprec_recbole.command import build_config
+from cprec_recbole.compare import compare, read_ranks
 from cprec_recbole.llm.prompts import render
 from cprec_recbole.llm.sft import hybrid_probability
 from cprec_recbole.quick_start import run
@@ -114,3 +115,23 @@ def test_eval_item_embeddings_rebuild_only_the_eval_stage(llm_overrides, caplog)
         ranks[mode] = (Path(out["folder"]) / "test_ranks.tsv").read_text()
     assert trained["item_embeddings"] == "trained"
     assert ranks["none"] != ranks["trained"]  # the text-only prompt scores differently
+
+
+def test_eval_valid_users_ranks_valid_users_too_for_choosing_arms(llm_overrides, caplog):
+    caplog.set_level("INFO")
+    trained = run("LLaRA", "Tiny", overrides=llm_overrides)
+    caplog.clear()
+    out = run("LLaRA", "Tiny", overrides={**llm_overrides, "eval_valid_users": 6})
+    assert "stage eval: building" in caplog.text and "stage sft: reusing" in caplog.text
+    folder = Path(out["folder"])
+    assert (folder / "test_ranks.tsv").read_text() == (
+        Path(trained["folder"]) / "test_ranks.tsv"
+    ).read_text()
+    valid = read_ranks(folder, "valid")
+    assert len(valid) == 6 and "valid_eval" not in trained
+    assert out["valid_eval"]["users"] == 6
+    assert out["valid_eval"]["hr@1"] == pytest.approx((valid == 0).mean())
+    table = compare(folder, Path(trained["folder"]), [1], "test")  # the same test ranks
+    assert table["diff"].tolist() == [0.0]
+    with pytest.raises(FileNotFoundError, match="valid_ranks.tsv not found"):
+        compare(folder, Path(trained["folder"]), [1], "valid")

@@ -91,7 +91,10 @@ SFT_ADDED = {"projector_warmup_samples": 0, "item_token_score": False}
 EVAL_KEYS = (
     *("inference", "score_rule", "score_max_tokens", "merge_lora", "eval_users", "eval_seed"),
     "eval_item_embeddings",
+    "eval_valid_users",
 )
+#: Eval keys added after eval folders existed (``Stage.added``), with SFT's.
+EVAL_ADDED = {**SFT_ADDED, "eval_valid_users": 0}
 #: Keys the LLM stages read that change no result: where things live, progress bars.
 LLM_USES = (
     *("output_dir", "checkpoint_every", "show_progress", "backbone_cache"),
@@ -326,12 +329,41 @@ class LLMRecommender:
         model, tokenizer, ctx = self.trained(sft)
         mode, seed = self.config["eval_item_embeddings"], int(self.config["eval_seed"])
         ctx = item_embedding_context(ctx, mode, self.text_template, seed)
-        samples = self.eval_samples("test", "eval_users")
         evaluator = self.plugins.evaluators.get(self.config["inference"])
         start = time.time()
-        out = evaluate_sharded(evaluator, model, tokenizer, samples, ctx)
+        test, n = self._score_split(folder, "test", "eval_users", evaluator, model, tokenizer, ctx)
         seconds = time.time() - start
-        test = output_metrics(out, samples, self.config["sparsity_buckets"])
+        chosen = {}  # valid users scored as the test ones: what choosing between arms reads
+        if self.config["eval_valid_users"]:
+            valid = self._score_split(
+                folder, "valid", "eval_valid_users", evaluator, model, tokenizer, ctx
+            )
+            chosen = {"valid_eval": valid[0]}
+        results = {
+            "model": self.config["model"],
+            "dataset": self.config["dataset"],
+            "backbone": self.config["llm_backbone"],
+            "inference": self.config["inference"],
+            "item_embeddings": mode,
+            "test": test,
+            "valid": read_manifest(sft)["metrics"]["best_valid"] if sft else None,
+            **chosen,
+            "eval_time_s": round(seconds, 1),
+            "eval_users_per_s": round(n / max(seconds, 1e-9), 4),
+            "peak_memory_mb": peak_memory_mb(),
+            "candidates_sha256": self.data.candidate_digests(),
+        }
+        if distributed.is_main():
+            write_results(folder, results)
+        return results
+
+    def _score_split(
+        self, folder: Path, split: str, limit_key: str, evaluator, model, tokenizer, ctx
+    ):
+        """Rank ``split``'s users (``limit_key`` of them) and write ``<split>_ranks.tsv``: the
+        metrics and how many users."""
+        samples = self.eval_samples(split, limit_key)
+        out = evaluate_sharded(evaluator, model, tokenizer, samples, ctx)
         ranks = {
             "user_id": [s.user_id for s in samples],
             "rank": out.ranks,
@@ -345,23 +377,8 @@ class LLMRecommender:
             ranks["top1"] = first_pick_positions(candidates, out.picks)
             ranks["order"] = orders_column(pick_orders(candidates, out.picks))
         if distributed.is_main():
-            write_ranks(folder, pd.DataFrame(ranks))
-        results = {
-            "model": self.config["model"],
-            "dataset": self.config["dataset"],
-            "backbone": self.config["llm_backbone"],
-            "inference": self.config["inference"],
-            "item_embeddings": mode,
-            "test": test,
-            "valid": read_manifest(sft)["metrics"]["best_valid"] if sft else None,
-            "eval_time_s": round(seconds, 1),
-            "eval_users_per_s": round(len(samples) / max(seconds, 1e-9), 4),
-            "peak_memory_mb": peak_memory_mb(),
-            "candidates_sha256": self.data.candidate_digests(),
-        }
-        if distributed.is_main():
-            write_results(folder, results)
-        return results
+            write_ranks(folder, pd.DataFrame(ranks), split)
+        return output_metrics(out, samples, self.config["sparsity_buckets"]), len(samples)
 
 
 def _build_sft(folder: Path, config, model: LLMRecommender) -> dict:
@@ -395,5 +412,5 @@ EVAL = Stage(
     needs=("data", "rec_model", "cpt", "sft"),
     build=_build_eval,
     distributed=True,
-    added=SFT_ADDED,
+    added=EVAL_ADDED,
 )
