@@ -82,8 +82,8 @@ def item_embedding_context(
 ) -> RenderContext:
     """The context for ``eval_item_embeddings``: ``trained`` as is; ``permuted``, each item's
     embedding row swapped for another item's (``derangement``; row 0, padding, kept); ``none``,
-    the text-only prompt of the curriculum, and no item embeddings (nor item-token logits). What the collaborative embeddings add to a model's
-    ranking is the drop from ``trained``."""
+    the text-only prompt of the curriculum, and no item embeddings (nor item-token logits).
+    What the collaborative embeddings add to a model's ranking is the drop from ``trained``."""
     if mode not in EVAL_ITEM_EMBEDDINGS:
         raise ConfigError(
             f"eval_item_embeddings: {mode!r} is not one of {', '.join(EVAL_ITEM_EMBEDDINGS)}"

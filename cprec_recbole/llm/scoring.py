@@ -170,8 +170,9 @@ def candidate_scores(
     prompts: EncodedBatch,
 ) -> Tensor:
     """Every candidate's score after its sample's encoded prompt (``score_rule``; higher is
-    likelier; plus its item token's logit with ``item_token_score``), flat over the samples' candidates in order, on the model's device, with
-    gradients where enabled: ``score`` ranks by it and listwise SFT trains on it.
+    likelier; plus its item token's logit with ``item_token_score``), flat over the samples'
+    candidates in order, on the model's device, with gradients where enabled: ``score`` ranks
+    by it and listwise SFT trains on it.
 
     One forward per batch: each row is the left-padded prompt followed by all its candidates'
     answers side by side (``tree_layout``); ``tree_attention_mask`` keeps the answers apart and
