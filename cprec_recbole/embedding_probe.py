@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cprec_recbole.compat import load_checkpoint
 from cprec_recbole.data.prepare import PreparedData
 from cprec_recbole.data.transforms import leave_one_out
 from cprec_recbole.data.windows import sliding_windows
+from cprec_recbole.rec_model import item_embedding_table, item_rows
 
 DECAY, SPAN = 0.6, 10  # the last 10 items, each weighted 0.6 times the next one's
 
@@ -78,10 +78,8 @@ def probe(
 ) -> pd.DataFrame:
     """HR@1 of the probe per split of ``sequences`` (user -> chronological item ids), on at
     most ``limit`` seeded rows of each, with the embeddings of the SASRec in ``rec_folder``."""
-    embeddings = load_checkpoint(rec_folder / "model.pth")["state_dict"]["item_embedding.weight"]
-    embeddings = embeddings.float().numpy()
-    tokens = (rec_folder / "item_tokens.txt").read_text().split("\n")
-    row_of = {item: row for row, item in enumerate(tokens)}
+    embeddings = item_embedding_table(rec_folder).numpy()
+    row_of = item_rows(rec_folder)
     rng = np.random.default_rng(seed)
     out = []
     for split, rows in split_pairs(sequences, history_len, min_history).items():

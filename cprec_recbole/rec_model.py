@@ -11,11 +11,12 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import torch
 from recbole.config import Config
 from recbole.data import create_dataset, data_preparation
 from recbole.utils import init_seed
 
-from cprec_recbole.compat import no_argv
+from cprec_recbole.compat import load_checkpoint, no_argv
 from cprec_recbole.data.prepare import PreparedData
 from cprec_recbole.evaluation import orders_column
 from cprec_recbole.io import write_text
@@ -33,6 +34,21 @@ NOT_HASHED = {
     "item_text_folder",  # a path; its stage's name (item_text_stage) is hashed
     *TUNE_KEYS,
 }
+
+
+#: Raw item id per embedding row of a trained model (row 0: padding), one per line.
+ITEM_TOKENS = "item_tokens.txt"
+
+
+def item_rows(folder: Path) -> dict[str, int]:
+    """Raw item id -> embedding row of the model trained in ``folder``."""
+    ids = (folder / ITEM_TOKENS).read_text().split("\n")
+    return {item: row for row, item in enumerate(ids)}
+
+
+def item_embedding_table(folder: Path) -> torch.Tensor:
+    """The item embeddings of the model trained in ``folder``, fp32: the e_i of hybrid prompts."""
+    return load_checkpoint(folder / "model.pth")["state_dict"]["item_embedding.weight"].float()
 
 
 def recbole_config(model_cls: type, config: dict, data: PreparedData, folder: Path) -> Config:
@@ -66,7 +82,7 @@ def _train(folder: Path, config: RunConfig, model_cls: type, data: PreparedData)
     test_rows = data.eval_rows("test")
     test = CandidateEvalData.build(test_rows, dataset, max_len)
     tokens = dataset.field2id_token[dataset.iid_field]
-    write_text(folder / "item_tokens.txt", "\n".join(tokens))  # embedding row -> raw item id
+    write_text(folder / ITEM_TOKENS, "\n".join(tokens))  # embedding row -> raw item id
     start = time.time()
     show = bool(config["show_progress"])
     trainer.fit(train_data, valid, saved=True, show_progress=show)

@@ -21,7 +21,6 @@ import pandas as pd
 import torch
 
 from cprec_recbole import distributed
-from cprec_recbole.compat import load_checkpoint
 from cprec_recbole.config import load_config
 from cprec_recbole.data.candidates import draw_candidate_sets
 from cprec_recbole.data.prepare import PreparedData
@@ -38,7 +37,7 @@ from cprec_recbole.llm.schedulers import schedule_keys
 from cprec_recbole.llm.scoring import check_item_token_score
 from cprec_recbole.llm.sft import SFTSetup, SFTTrainer, load_fine_tuned, save_fine_tuned
 from cprec_recbole.plugins import Plugins
-from cprec_recbole.rec_model import train_rec_model
+from cprec_recbole.rec_model import item_embedding_table, item_rows, train_rec_model
 from cprec_recbole.results import write_ranks, write_results
 from cprec_recbole.run_config import tracked
 from cprec_recbole.stages import Stage, peak_memory_mb, read_manifest, run_stage
@@ -162,16 +161,13 @@ class LLMRecommender:
     def item_index(self) -> dict[str, int]:
         """Item id -> embedding row (SASRec's rows where its embeddings are used)."""
         if self.rec_folder is not None:
-            ids = (self.rec_folder / "item_tokens.txt").read_text().split("\n")
-        else:
-            ids = ["[PAD]", *self.data.items["item_id"]]
-        return {item: row for row, item in enumerate(ids)}
+            return item_rows(self.rec_folder)
+        return {item: row for row, item in enumerate(["[PAD]", *self.data.items["item_id"]])}
 
     def item_embeddings(self) -> torch.Tensor | None:
         if self.rec_folder is None:
             return None
-        state = load_checkpoint(self.rec_folder / "model.pth")["state_dict"]
-        return state["item_embedding.weight"].float()
+        return item_embedding_table(self.rec_folder)
 
     def declared(self) -> dict:
         """The LLM stages' inputs and derived values (what the template and model names stand
