@@ -8,7 +8,8 @@ LLM's item-token score (``item_token_score``) can learn most easily. SASRec was 
 transitions of the training windows that SFT samples, never to the valid and test targets, so
 the probe's HR@1 on training windows against test is how much more a model stacked on the
 embeddings (LLaRA's hybrid prompt, item tokens) can trust them while it learns than when it is
-tested (issue 26).
+tested (issue 26). A SASRec trained without each user's last N training items
+(``train_holdout``, what ``sft_holdout`` trains) gets a row for those held-out windows too.
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ import pandas as pd
 from cprec_recbole.data.prepare import PreparedData
 from cprec_recbole.data.transforms import leave_one_out
 from cprec_recbole.data.windows import sliding_windows
+from cprec_recbole.errors import ConfigError
 from cprec_recbole.rec_model import item_embedding_table, item_rows
+from cprec_recbole.stages import read_manifest
 
 DECAY, SPAN = 0.6, 10  # the last 10 items, each weighted 0.6 times the next one's
 
@@ -58,10 +61,16 @@ def probe_hits(
     return np.array(hits)
 
 
-def split_pairs(sequences: pd.Series, history_len: int, min_history: int) -> dict:
-    """The SFT training windows (valid and test targets held out) and the valid and test rows."""
+def split_pairs(sequences: pd.Series, history_len: int, min_history: int, holdout: int = 0) -> dict:
+    """The training windows the model saw (valid and test targets and the last ``holdout``
+    training targets held out), those it held out, and the valid and test rows."""
+    held_out = {}
+    if holdout:
+        windows = sliding_windows(sequences, history_len, min_history, drop_last=2, last=holdout)
+        held_out = {"held-out windows": windows}
     return {
-        "train windows": sliding_windows(sequences, history_len, min_history, drop_last=2),
+        "train windows": sliding_windows(sequences, history_len, min_history, 2 + holdout),
+        **held_out,
         "valid": leave_one_out(sequences, "valid", history_len),
         "test": leave_one_out(sequences, "test", history_len),
     }
@@ -80,9 +89,13 @@ def probe(
     most ``limit`` seeded rows of each, with the embeddings of the SASRec in ``rec_folder``."""
     embeddings = item_embedding_table(rec_folder).numpy()
     row_of = item_rows(rec_folder)
+    manifest = read_manifest(rec_folder)
+    if manifest is None:
+        raise ConfigError(f"{rec_folder} has no manifest.json: not a finished rec_model stage")
+    holdout = int(manifest["config"].get("train_holdout", 0))
     rng = np.random.default_rng(seed)
     out = []
-    for split, rows in split_pairs(sequences, history_len, min_history).items():
+    for split, rows in split_pairs(sequences, history_len, min_history, holdout).items():
         rows = rows.sample(n=min(limit, len(rows)), random_state=seed)
         pairs = pd.DataFrame(
             {

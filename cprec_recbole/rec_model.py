@@ -9,7 +9,9 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 from recbole.config import Config
@@ -51,6 +53,28 @@ def item_embedding_table(folder: Path) -> torch.Tensor:
     return load_checkpoint(folder / "model.pth")["state_dict"]["item_embedding.weight"].float()
 
 
+def train_row_mask(users: np.ndarray, rows_per_user: np.ndarray, holdout: int = 0) -> np.ndarray:
+    """Which rows of RecBole's train split (sorted by user, one per target) to train on: those
+    whose target comes before the user's valid and test items and the ``holdout`` training items
+    before them. RecBole's leave-one-out leaves a user with two rows one eval row (the test),
+    so without this the valid item of every user with 3 interactions is trained on."""
+    ends = np.flatnonzero(np.r_[users[1:] != users[:-1], True])
+    run = np.repeat(np.arange(len(ends)), np.diff(np.r_[-1, ends]))
+    from_end = ends[run] - np.arange(len(users))  # among the user's train rows
+    left_out = np.minimum(2, rows_per_user[users] - 1)  # RecBole's valid and test rows
+    return from_end + left_out >= 2 + holdout
+
+
+def train_split(rb_config: Config, dataset) -> Any:
+    """RecBole's train dataloader, without the valid targets it leaks and the held-out ones."""
+    train_data, _, _ = data_preparation(rb_config, dataset)
+    field, train = dataset.uid_field, train_data._dataset
+    rows = np.bincount(dataset.inter_feat[field].numpy(), minlength=dataset.user_num)
+    keep = train_row_mask(train.inter_feat[field].numpy(), rows, int(rb_config["train_holdout"]))
+    train = train.copy(train.inter_feat[torch.from_numpy(np.flatnonzero(keep))])
+    return type(train_data)(rb_config, train, train_data._sampler, shuffle=rb_config["shuffle"])
+
+
 def recbole_config(model_cls: type, config: dict, data: PreparedData, folder: Path) -> Config:
     """RecBole's Config for the prepared dataset; our chronological order survives its sort."""
     overrides = {
@@ -72,7 +96,7 @@ def _train(folder: Path, config: RunConfig, model_cls: type, data: PreparedData)
     rb_config = recbole_config(model_cls, config, data, folder)
     init_seed(rb_config["seed"], rb_config["reproducibility"])
     dataset = create_dataset(rb_config)
-    train_data, _, _ = data_preparation(rb_config, dataset)
+    train_data = train_split(rb_config, dataset)
     init_seed(rb_config["seed"] + rb_config["local_rank"], rb_config["reproducibility"])
     model = model_cls(rb_config, train_data._dataset).to(rb_config["device"])
     edges = list(config["sparsity_buckets"])
@@ -117,7 +141,13 @@ def _train(folder: Path, config: RunConfig, model_cls: type, data: PreparedData)
 #: A RecBole model trained on the prepared data; RecBole reads its whole config, so the hash
 #: covers every key but those in ``NOT_HASHED``.
 REC_MODEL = Stage(
-    "rec_model", reads=EVERY, uses=tuple(sorted(NOT_HASHED)), needs=("data",), build=_train
+    "rec_model",
+    reads=EVERY,
+    uses=tuple(sorted(NOT_HASHED)),
+    needs=("data",),
+    build=_train,
+    # 2: no longer trains on the valid item of a user with 3 interactions (``train_row_mask``)
+    version=2,
 )
 
 

@@ -119,6 +119,15 @@ def test_sliding_windows_with_drop_last_2_keeps_valid_and_test_targets_out():
     assert full["history"].iloc[4].tolist() == ["i0", "i1", "i2", "i3", "i4"]
 
 
+def test_sliding_windows_last_keeps_only_the_targets_a_model_held_out():
+    sequences = pd.Series({"u1": np.arange(7), "u2": np.arange(10, 14), "u3": np.arange(20, 23)})
+    out = sliding_windows(sequences, history_len=3, min_history=1, drop_last=2, last=2)
+    # u1's last two training items; u2's 11 (10 has no history); u3's one item has no history
+    assert out["target"].tolist() == [3, 4, 11]
+    rest = sliding_windows(sequences, history_len=3, min_history=1, drop_last=4)
+    assert rest["target"].tolist() == [1, 2]  # the others: together, every window once
+
+
 # ------------------------------------------------------------------ mixing rules
 HISTORY_DOMAINS = np.array(
     [

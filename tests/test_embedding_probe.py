@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -32,6 +34,9 @@ def test_splits_hold_out_the_valid_and_test_targets_from_the_windows():
     pairs = split_pairs(sequences, history_len=10, min_history=3)
     assert pairs["train windows"]["target"].tolist() == ["d"]
     assert pairs["valid"]["target"].tolist() == ["e"] and pairs["test"]["target"].tolist() == ["f"]
+    pairs = split_pairs(pd.Series({"u": np.array([*"abcdefg"])}), 10, 3, holdout=1)
+    assert pairs["train windows"]["target"].tolist() == ["d"]
+    assert pairs["held-out windows"]["target"].tolist() == ["e"]  # what SASRec did not train on
 
 
 def test_embeddings_fit_to_the_training_transitions_know_them_better_than_test(tmp_path):
@@ -45,6 +50,7 @@ def test_embeddings_fit_to_the_training_transitions_know_them_better_than_test(t
         embeddings[tokens.index(b)] += embeddings[tokens.index(a)]
     torch.save({"state_dict": {"item_embedding.weight": embeddings}}, tmp_path / "model.pth")
     (tmp_path / "item_tokens.txt").write_text("\n".join(tokens))
+    (tmp_path / "manifest.json").write_text(json.dumps({"config": {"train_holdout": 0}}))
     sequences = pd.Series({f"u{k}": np.array([*"abcd", "k", "l"]) for k in range(4)})
     table = probe(sequences, tmp_path, history_len=10, min_history=3, limit=10, negatives=5)
     table = table.set_index("split")

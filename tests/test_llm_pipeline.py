@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 
 from cprec_recbole.builtin.prompt_templates import CHATREC
-from cprec_recbole.command import build_config
+from cprec_recbole.command import build_config, setup
 from cprec_recbole.compare import compare, read_ranks
 from cprec_recbole.llm.prompts import render
 from cprec_recbole.llm.sft import hybrid_probability
+from cprec_recbole.pipeline import run_pipeline
 from cprec_recbole.quick_start import run
 from tests.reported_metrics import assert_metrics_follow_from_ranks
 
@@ -74,6 +75,20 @@ def test_llara_runs_end_to_end_and_its_stages_are_reused(llm_overrides, caplog):
     caplog.clear()
     run("LLaRA", "Tiny", overrides={**llm_overrides, "score_rule": "distinct_prefix"})
     assert "stage eval: building" in caplog.text and "stage sft: reusing" in caplog.text
+
+
+def test_sft_holdout_trains_on_the_targets_its_sasrec_never_saw(llm_overrides, plugins):
+    config, plugins, _ = setup(
+        "LLaRA", "Tiny", overrides={**llm_overrides, "sft_holdout": 1, "sft_samples": None}
+    )
+    run = run_pipeline("LLaRA", config, plugins, until="sasrec")
+    sasrec = json.loads((run.folders["rec_model"] / "manifest.json").read_text())
+    assert sasrec["config"]["train_holdout"] == 1  # the SASRec of its prompts: without them
+    windows = run.recommender().train_windows()
+    last_trained = {user: seq[-3] for user, seq in run.data.sequences.items()}
+    assert len(windows) == 60  # one per user: its last training item
+    assert all(last_trained[u] == t for u, t in zip(windows["user_id"], windows["target"]))
+    assert windows["user_id"].is_unique
 
 
 def test_zero_shot_uses_no_rec_model_and_reads_the_same_candidates(llm_overrides, tiny_overrides):

@@ -14,9 +14,9 @@ from cprec_recbole.command import build_config
 from cprec_recbole.compat import load_checkpoint
 from cprec_recbole.data.prepare import prepare
 from cprec_recbole.quick_start import run
-from cprec_recbole.rec_model import recbole_config
+from cprec_recbole.rec_model import recbole_config, train_split
 from cprec_recbole.trainer import CandidateEvalData, CandidateTrainer
-from tests.conftest import REPO, TINY_SIZES, cyclic_sequences
+from tests.conftest import REPO, TINY_SIZES, cyclic_sequences, write_dataset
 from tests.reported_metrics import assert_metrics_follow_from_ranks
 
 
@@ -48,6 +48,27 @@ def test_sasrec_checkpoint_reloads_from_disk_and_reproduces_its_test_metrics(
     assert reloaded == results["test"]
     assert "state_dict" in load_checkpoint(folder / "model.pth")
     assert results["epochs"] == 2 and results["eval_time_s"] >= 0  # the cost report's columns
+
+
+@pytest.mark.parametrize("holdout", [0, 1])
+def test_recbole_trains_on_no_valid_or_test_item_nor_the_held_out_ones(tmp_path, plugins, holdout):
+    # users of 3 to 6 items: RecBole's leave-one-out alone trains on a 3-item user's valid item
+    sequences = {f"u{u:02d}": [f"i{(u + 7 * t) % 30}" for t in range(3 + u % 4)] for u in range(60)}
+    root = write_dataset(tmp_path / "data", "Short", sequences)
+    overrides = {"data_path": str(root), "output_dir": str(tmp_path / "saved")}
+    config = build_config(
+        "SASRec", "Short", plugins, overrides={**overrides, "train_holdout": holdout}
+    )
+    data = prepare(config, plugins)
+    rb_config = recbole_config(plugins.models.get("SASRec"), config, data, tmp_path / "model")
+    dataset = create_dataset(rb_config)
+    train = train_split(rb_config, dataset)._dataset.inter_feat
+    users = dataset.id2token(dataset.uid_field, train[dataset.uid_field].numpy())
+    trained = sorted(zip(users, train["item_length"].tolist()))  # (user, target position)
+    windows = [
+        (u, p) for u, seq in data.sequences.items() for p in range(1, len(seq) - 2 - holdout)
+    ]
+    assert len(data.sequences) == 60 and trained == sorted(windows)
 
 
 def test_sasrec_learns_a_sequential_pattern_far_above_random(tiny_overrides):

@@ -83,10 +83,11 @@ SFT_KEYS = (
     "sft_objective_mix",
     "projector_warmup_samples",
     "item_token_score",
+    "sft_holdout",
 )
 #: SFT keys added after SFT folders existed, with the value that trains what those folders hold
 #: (hashed only when set otherwise: ``Stage.added``).
-SFT_ADDED = {"projector_warmup_samples": 0, "item_token_score": False}
+SFT_ADDED = {"projector_warmup_samples": 0, "item_token_score": False, "sft_holdout": 0}
 EVAL_KEYS = (
     *("inference", "score_rule", "score_max_tokens", "merge_lora", "eval_users", "eval_seed"),
     "eval_item_embeddings",
@@ -129,10 +130,12 @@ def train_sasrec(
     config: Mapping[str, Any], data: PreparedData, plugins: Plugins, force: bool = False
 ) -> Path:
     """The SASRec of hybrid prompts: stock settings (+ ``rec_model_overrides``), so its stage is
-    the one ``--model=SASRec`` trains."""
+    the one ``--model=SASRec`` trains; without the targets SFT trains on (``sft_holdout``)."""
     cls = plugins.models.get(REC_MODEL)
     keep = {k: config[k] for k in ("data_path", "output_dir", "show_progress")}
     overrides = {**keep, **config["rec_model_overrides"]}
+    if config["sft_holdout"]:
+        overrides["train_holdout"] = config["sft_holdout"]
     rec_config = load_config(REC_MODEL, config["dataset"], cls, overrides=overrides)
     return train_rec_model(cls, tracked(rec_config), data, force=force)
 
@@ -243,6 +246,7 @@ class LLMRecommender:
             int(self.config["history_len"]),
             int(self.config["min_history"]),
             drop_last=2,
+            last=int(self.config["sft_holdout"]) or None,
         )
         return sample_rows(rows, self.config.get("sft_samples"), int(self.config["seed"]))
 
