@@ -9,13 +9,14 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 from recbole.config import Config
 from recbole.data import create_dataset, data_preparation
+from recbole.data.dataloader import AbstractDataLoader
+from recbole.data.dataset import Dataset
 from recbole.utils import init_seed
 
 from cprec_recbole.compat import load_checkpoint, no_argv
@@ -65,7 +66,7 @@ def train_row_mask(users: np.ndarray, rows_per_user: np.ndarray, holdout: int = 
     return from_end + left_out >= 2 + holdout
 
 
-def train_split(rb_config: Config, dataset) -> Any:
+def train_split(rb_config: Config, dataset: Dataset) -> AbstractDataLoader:
     """RecBole's train dataloader, without the valid targets it leaks and the held-out ones."""
     train_data, _, _ = data_preparation(rb_config, dataset)
     field, train = dataset.uid_field, train_data._dataset
