@@ -26,7 +26,6 @@ from cprec_recbole.config import (
 )
 from cprec_recbole.errors import ConfigError
 from cprec_recbole.keys import Registered, Rule, declarations, rules
-from cprec_recbole.llm.names import REC_MODEL
 from cprec_recbole.llm.schedulers import schedule_keys
 from cprec_recbole.plugins import Plugins
 
@@ -79,6 +78,17 @@ def known_keys(model: str, dataset: str, model_cls: Any, plugins: Plugins, confi
     return keys
 
 
+def embedding_model_keys(
+    config: Mapping[str, Any], dataset: str, plugins: Plugins
+) -> tuple[str | None, Any, set[str]]:
+    """An LLM model's ``embedding_model``: its name, class and keys (empty where it names no
+    RecBole model, or the model has no hybrid prompt)."""
+    name = config.get("embedding_model")
+    cls = plugins.models.get(name) if isinstance(name, str) and name in plugins.models else None
+    keys = known_keys(name, dataset, cls, plugins, {}) if is_recbole_model(cls) else set()
+    return name, cls, keys
+
+
 def origins(config_files: Iterable[str | Path], overrides: Mapping[str, Any]) -> dict[str, str]:
     """Where each user-given key came from: ``--key`` or ``file:line`` (the last one wins)."""
     out: dict[str, str] = {}
@@ -102,7 +112,7 @@ def unknown_key_problems(
 ) -> list[str]:
     """One message per given key (key -> origin) that the run does not read, with the close
     matches or, failing those, where the key belongs: ``rec_model_overrides`` for a key of the
-    SASRec an LLM model uses (``rec_model_keys``), else the models that read it (``readers``)."""
+    ID model an LLM model uses (``rec_model_keys``), else the models that read it (``readers``)."""
     problems = []
     for key, origin in given.items():
         if key in known or key in extra:
@@ -110,7 +120,10 @@ def unknown_key_problems(
         hint = _close(key, known)
         users = [name for name, keys in readers.items() if key in keys]
         if not hint and key in rec_model_keys:
-            hint = f"; a setting of the SASRec it uses goes in rec_model_overrides: {{{key}: ...}}"
+            hint = (
+                "; a setting of the ID model it uses (embedding_model) goes in "
+                f"rec_model_overrides: {{{key}: ...}}"
+            )
         elif not hint and users:
             hint = f"; only {', '.join(users)} read it"
         problems.append(f"unknown config key {key!r} ({origin}){hint}")
@@ -185,14 +198,21 @@ def check_config(
     extra = config["extra_keys"]  # checked below; a wrong type reads as no extra keys
     extra = [extra] if isinstance(extra, str) else extra if isinstance(extra, list) else []
     known = known_keys(model, dataset, model_cls, plugins, config)
-    sasrec = known_keys(REC_MODEL, dataset, plugins.models.get(REC_MODEL), plugins, {})
+    rec_name, rec_cls, rec_keys = embedding_model_keys(config, dataset, plugins)
     unknown = {k: v for k, v in given.items() if k not in known}
     readers = {
         name: known_keys(name, dataset, plugins.models.get(name), plugins, {})
         for name in (plugins.models.names() if unknown else [])
     }
-    rec_keys = sasrec if "sasrec" in getattr(model_cls, "pipeline", ()) else set()
-    problems = unknown_key_problems(unknown, known, extra, readers, rec_keys)
+    uses_rec = "sasrec" in getattr(model_cls, "pipeline", ())
+    problems = unknown_key_problems(unknown, known, extra, readers, rec_keys if uses_rec else set())
+    if rec_cls is not None and not is_recbole_model(rec_cls):
+        where = given.get("embedding_model", "the built-in properties")
+        problems.append(
+            f"config key 'embedding_model' ({where}) names {rec_name!r}, not an ID model: "
+            "hybrid prompts read a RecBole sequential model's item embeddings (SASRec, "
+            "GRU4Rec, CL4SRec, MoRec)"
+        )
     defaults = builtin_values(model, dataset, model_cls, config)
     model_rules = own_rules(model_cls)
     for key in sorted(known & set(config)):
@@ -202,11 +222,11 @@ def check_config(
             problems.append(f"config key {key!r} ({where}) {problem}")
     if not is_recbole_model(model_cls) and isinstance(config["rec_model_overrides"], dict):
         where = given.get("rec_model_overrides", "the built-in properties")
-        for key in config["rec_model_overrides"]:
-            if key not in sasrec:
-                close = _close(key, sasrec)
+        for key in config["rec_model_overrides"] if rec_keys else ():
+            if key not in rec_keys:
+                close = _close(key, rec_keys)
                 problems.append(
-                    f"unknown SASRec key {key!r} in rec_model_overrides ({where}){close}"
+                    f"unknown {rec_name} key {key!r} in rec_model_overrides ({where}){close}"
                 )
     if problems:
         raise ConfigError("; ".join(problems))

@@ -24,7 +24,7 @@ import pandas as pd
 from cprec_recbole.data.prepare import PreparedData
 from cprec_recbole.data.transforms import leave_one_out
 from cprec_recbole.data.windows import sliding_windows
-from cprec_recbole.errors import ConfigError
+from cprec_recbole.plugins import Plugins, load_plugins
 from cprec_recbole.rec_model import item_embedding_table, item_rows
 from cprec_recbole.stages import read_manifest
 
@@ -84,14 +84,14 @@ def probe(
     limit: int,
     negatives: int = 19,
     seed: int = 0,
+    plugins: Plugins | None = None,
 ) -> pd.DataFrame:
     """HR@1 of the probe per split of ``sequences`` (user -> chronological item ids), on at
-    most ``limit`` seeded rows of each, with the embeddings of the SASRec in ``rec_folder``."""
-    embeddings = item_embedding_table(rec_folder).numpy()
+    most ``limit`` seeded rows of each, with the item embeddings of the ID model in
+    ``rec_folder`` (one of ``plugins``' models; default: the built-ins and installed ones)."""
+    embeddings = item_embedding_table(rec_folder, plugins or load_plugins()).numpy()
     row_of = item_rows(rec_folder)
     manifest = read_manifest(rec_folder)
-    if manifest is None:
-        raise ConfigError(f"{rec_folder} has no manifest.json: not a finished rec_model stage")
     holdout = int(manifest["config"].get("train_holdout", 0))
     rng = np.random.default_rng(seed)
     out = []

@@ -71,11 +71,9 @@ def _data(run: PipelineRun) -> Path:
 
 
 def _item_text(run: PipelineRun) -> Path:
-    from cprec_recbole.text_encoder import item_text_stage
+    from cprec_recbole.text_encoder import with_item_text
 
-    folder = item_text_stage(run.config, run.data, run.plugins, "item_text" in run.force)
-    # the model stage hashes the item_text stage's name, not its path
-    run.config = run.config.updated(item_text_stage=folder.name, item_text_folder=str(folder))
+    run.config, folder = with_item_text(run.config, run.data, run.plugins, "item_text" in run.force)
     return folder
 
 
@@ -127,7 +125,8 @@ STEPS: dict[str, Step] = {
     "data": Step("data", _data),
     "item_text": Step("item_text", _item_text),
     "rec_model": Step("rec_model", _rec_model, valid=_results_valid),  # a RecBole model
-    # an LLM model's SASRec: stock settings plus rec_model_overrides, as --model=SASRec trains it
+    # an LLM model's ID model (embedding_model, SASRec by default): stock settings plus
+    # rec_model_overrides, as --model=<embedding_model> trains it
     "sasrec": Step("rec_model", _sasrec),
     "corpus": Step("corpus", _corpus),
     "cpt": Step("cpt", _cpt),

@@ -21,12 +21,14 @@ from recbole.utils import init_seed
 
 from cprec_recbole.compat import load_checkpoint, no_argv
 from cprec_recbole.data.prepare import PreparedData
+from cprec_recbole.errors import ConfigError
 from cprec_recbole.evaluation import orders_column
 from cprec_recbole.io import write_text
+from cprec_recbole.plugins import Plugins
 from cprec_recbole.results import write_ranks, write_results
 from cprec_recbole.run_config import RunConfig
 from cprec_recbole.search_keys import TUNE_KEYS
-from cprec_recbole.stages import EVERY, Stage, peak_memory_mb, run_stage
+from cprec_recbole.stages import EVERY, Stage, peak_memory_mb, read_manifest, run_stage
 from cprec_recbole.trainer import CandidateEvalData, CandidateTrainer
 
 logger = logging.getLogger(__name__)
@@ -49,9 +51,24 @@ def item_rows(folder: Path) -> dict[str, int]:
     return {item: row for row, item in enumerate(ids)}
 
 
-def item_embedding_table(folder: Path) -> torch.Tensor:
-    """The item embeddings of the model trained in ``folder``, fp32: the e_i of hybrid prompts."""
-    return load_checkpoint(folder / "model.pth")["state_dict"]["item_embedding.weight"].float()
+def item_embedding_table(folder: Path, plugins: Plugins) -> torch.Tensor:
+    """The item embeddings of the model trained in ``folder``, fp32: the e_i of hybrid prompts.
+    A model whose item vectors are computed rather than a table (MoRec's, from text) says how
+    from its checkpoint: ``item_table(state_dict)``; others keep ``item_embedding.weight``."""
+    state = load_checkpoint(folder / "model.pth")["state_dict"]
+    manifest = read_manifest(folder)
+    if manifest is None:
+        raise ConfigError(f"{folder} has no manifest.json: not a finished rec_model stage")
+    table = getattr(plugins.models.get(manifest["config"]["model"]), "item_table", None)
+    if table is not None:
+        return table(state).float()
+    if "item_embedding.weight" not in state:
+        raise ConfigError(
+            f"{folder / 'model.pth'}: model {manifest['config']['model']} has no "
+            "item_embedding.weight and no item_table(state_dict) that computes its item "
+            "vectors; hybrid prompts need one of the two (embedding_model)"
+        )
+    return state["item_embedding.weight"].float()
 
 
 def train_row_mask(users: np.ndarray, rows_per_user: np.ndarray, holdout: int = 0) -> np.ndarray:

@@ -100,6 +100,15 @@ def item_text_stage(config: RunConfig, data, plugins: Plugins, force: bool = Fal
     return run_stage(ITEM_TEXT, config, inputs, force=force, data=data, plugins=plugins)
 
 
+def with_item_text(
+    config: RunConfig, data, plugins: Plugins, force: bool = False
+) -> tuple[RunConfig, Path]:
+    """``config`` of a text-aware model joined with its ``item_text`` stage (built or reused),
+    and that stage's folder: the model stage hashes the stage's name, not its path."""
+    folder = item_text_stage(config, data, plugins, force)
+    return config.updated(item_text_stage=folder.name, item_text_folder=str(folder)), folder
+
+
 def aligned_rows(item_ids: list[str], tokens: list[str], vectors: np.ndarray) -> np.ndarray:
     """Text vectors in RecBole's internal item order (``tokens``; row 0 is padding: zeros)."""
     index = {item: row for row, item in enumerate(item_ids)}

@@ -127,6 +127,24 @@ def test_null_passes_only_where_a_default_or_the_rule_allows_it(plugins):
         check_config(build_config("LLaRA", "Game", plugins, overrides=bad), plugins, overrides=bad)
 
 
+def test_rec_model_overrides_are_checked_against_the_embedding_model(plugins):
+    morec = {"embedding_model": "MoRec", "rec_model_overrides": {"projection_dropout": 0.2}}
+    check_config(build_config("LLaRA", "Game", plugins, overrides=morec), plugins, overrides=morec)
+    typo = {**morec, "rec_model_overrides": {"projection_dropot": 0.2}}
+    with pytest.raises(ConfigError, match="unknown MoRec key 'projection_dropot' in rec_model_ov"):
+        check_config(
+            build_config("LLaRA", "Game", plugins, overrides=typo), plugins, overrides=typo
+        )
+    for name, problem in [("LLaRA", "not an ID model"), ("SASRek", "names no registered model")]:
+        bad = {"embedding_model": name}
+        with pytest.raises(
+            ConfigError, match=f"'embedding_model' \\(--embedding_model\\) .*{problem}"
+        ):
+            check_config(
+                build_config("CPRec", "Game", plugins, overrides=bad), plugins, overrides=bad
+            )
+
+
 def test_an_llm_models_sasrec_keys_point_at_rec_model_overrides(plugins):
     overrides = {"hidden_size": 32, "eta_h": 1e-3, "rec_model_overrides": {"hiden_size": 32}}
     config = build_config("LLaRA", "Game", plugins, overrides=overrides)
@@ -134,8 +152,8 @@ def test_an_llm_models_sasrec_keys_point_at_rec_model_overrides(plugins):
         check_config(config, plugins, overrides=overrides)
     message = str(error.value)
     assert (
-        "'hidden_size' (--hidden_size); a setting of the SASRec it uses goes in rec_model"
-        in message
+        "'hidden_size' (--hidden_size); a setting of the ID model it uses (embedding_model) "
+        "goes in rec_model_overrides" in message
     )
     assert "'eta_h' (--eta_h); only CPRec, CPTLLaRA read it" in message
     assert (

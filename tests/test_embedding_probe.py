@@ -50,7 +50,9 @@ def test_embeddings_fit_to_the_training_transitions_know_them_better_than_test(t
         embeddings[tokens.index(b)] += embeddings[tokens.index(a)]
     torch.save({"state_dict": {"item_embedding.weight": embeddings}}, tmp_path / "model.pth")
     (tmp_path / "item_tokens.txt").write_text("\n".join(tokens))
-    (tmp_path / "manifest.json").write_text(json.dumps({"config": {"train_holdout": 0}}))
+    (tmp_path / "manifest.json").write_text(
+        json.dumps({"config": {"model": "SASRec", "train_holdout": 0}})
+    )
     sequences = pd.Series({f"u{k}": np.array([*"abcd", "k", "l"]) for k in range(4)})
     table = probe(sequences, tmp_path, history_len=10, min_history=3, limit=10, negatives=5)
     table = table.set_index("split")

@@ -7,12 +7,15 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from cprec_recbole.builtin.prompt_templates import CHATREC
 from cprec_recbole.command import build_config, setup
 from cprec_recbole.compare import compare, read_ranks
+from cprec_recbole.compat import load_checkpoint
 from cprec_recbole.llm.prompts import render
 from cprec_recbole.llm.sft import hybrid_probability
+from cprec_recbole.models.morec import MoRec
 from cprec_recbole.pipeline import run_pipeline
 from cprec_recbole.quick_start import run
 from tests.reported_metrics import assert_metrics_follow_from_ranks
@@ -89,6 +92,22 @@ def test_sft_holdout_trains_on_the_targets_its_sasrec_never_saw(llm_overrides, p
     assert len(windows) == 60  # one per user: its last training item
     assert all(last_trained[u] == t for u, t in zip(windows["user_id"], windows["target"]))
     assert windows["user_id"].is_unique
+
+
+def test_embedding_model_gives_hybrid_prompts_morecs_text_vectors(llm_overrides, plugins):
+    small = {"epochs": 1, "hidden_size": 16, "inner_size": 32, "n_layers": 1}
+    overrides = {**llm_overrides, "embedding_model": "MoRec", "rec_model_overrides": small}
+    config, plugins, _ = setup("LLaRA", "Tiny", overrides=overrides)
+    steps = run_pipeline("LLaRA", config, plugins, until="sasrec")
+    folder = steps.folders["rec_model"]
+    rec = json.loads((folder / "manifest.json").read_text())["config"]
+    assert rec["model"] == "MoRec" and rec["hidden_size"] == 16 and rec["item_text_stage"]
+    state = load_checkpoint(folder / "model.pth")["state_dict"]
+    table = steps.recommender().item_embeddings()
+    assert torch.equal(table, MoRec.item_table(state)) and table.shape[1] == 16
+    result = run("LLaRA", "Tiny", overrides=overrides)  # SFT and eval on those rows
+    assert result["test"]["users"] == 12 and result["folder"] != str(folder)
+    assert_metrics_follow_from_ranks(result)
 
 
 def test_zero_shot_uses_no_rec_model_and_reads_the_same_candidates(llm_overrides, tiny_overrides):

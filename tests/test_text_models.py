@@ -11,7 +11,7 @@ import torch
 
 from cprec_recbole.compat import load_checkpoint
 from cprec_recbole.errors import ConfigError
-from cprec_recbole.models.morec import train_top_blocks
+from cprec_recbole.models.morec import MoRec, TextItemEmbedding, train_top_blocks
 from cprec_recbole.models.tedrec import circular_mix
 from cprec_recbole.quick_start import run
 from cprec_recbole.text_encoder import aligned_rows, load_minilm
@@ -64,6 +64,16 @@ def test_circular_mix_is_the_circular_convolution_over_positions():
         for s in range(5):
             slow[:, t] += a[:, s] * b[:, (t - s) % 5]
     assert torch.allclose(circular_mix(a, b), slow / 5**0.5, atol=1e-5)
+
+
+def test_morec_item_table_is_what_its_projection_scores_with_in_eval_mode():
+    torch.manual_seed(0)
+    module = TextItemEmbedding(np.random.default_rng(0).random((6, 12), np.float32), 8, 0.5)
+    state = {f"item_embedding.{k}": v for k, v in module.state_dict().items()}
+    assert torch.allclose(MoRec.item_table(state), module.eval().weight.detach())
+    encoder_state = {k: v for k, v in state.items() if k != "item_embedding.text"}
+    with pytest.raises(ConfigError, match="text_encoder_trainable_layers: 0"):
+        MoRec.item_table(encoder_state)  # end to end: the vectors need the encoder
 
 
 def word_titles(tmp_path: Path) -> Path:

@@ -31,7 +31,6 @@ from cprec_recbole.llm.backbone import BACKBONE_KEYS, add_lora, add_special_toke
 from cprec_recbole.llm.batching import LLMSample, RenderContext, prompt_titles
 from cprec_recbole.llm.inference import evaluate_sharded, item_embedding_context, output_metrics
 from cprec_recbole.llm.loop import ADAPTER, CHECKPOINTS, load_adapter
-from cprec_recbole.llm.names import REC_MODEL
 from cprec_recbole.llm.projector import Projector
 from cprec_recbole.llm.schedulers import schedule_keys
 from cprec_recbole.llm.scoring import check_item_token_score
@@ -129,15 +128,21 @@ def to_samples(rows: pd.DataFrame) -> list[LLMSample]:
 def train_sasrec(
     config: Mapping[str, Any], data: PreparedData, plugins: Plugins, force: bool = False
 ) -> Path:
-    """The SASRec of hybrid prompts: stock settings (+ ``rec_model_overrides``), so its stage is
-    the one ``--model=SASRec`` trains; without the targets SFT trains on (``sft_holdout``)."""
-    cls = plugins.models.get(REC_MODEL)
+    """The ID model of hybrid prompts (``embedding_model``, LLaRA's SASRec): stock settings
+    (+ ``rec_model_overrides``), so its stage is the one ``--model=<embedding_model>`` trains;
+    without the targets SFT trains on (``sft_holdout``)."""
+    from cprec_recbole.text_encoder import with_item_text
+
+    name = config["embedding_model"]
+    cls = plugins.models.get(name)
     keep = {k: config[k] for k in ("data_path", "output_dir", "show_progress")}
     overrides = {**keep, **config["rec_model_overrides"]}
     if config["sft_holdout"]:
         overrides["train_holdout"] = config["sft_holdout"]
-    rec_config = load_config(REC_MODEL, config["dataset"], cls, overrides=overrides)
-    return train_rec_model(cls, tracked(rec_config), data, force=force)
+    rec_config = tracked(load_config(name, config["dataset"], cls, overrides=overrides))
+    if "item_text" in getattr(cls, "pipeline", ()):  # MoRec: its item_text stage first
+        rec_config, _ = with_item_text(rec_config, data, plugins, force)
+    return train_rec_model(cls, rec_config, data, force=force)
 
 
 class LLMRecommender:
@@ -162,7 +167,7 @@ class LLMRecommender:
 
     @functools.cached_property
     def item_index(self) -> dict[str, int]:
-        """Item id -> embedding row (SASRec's rows where its embeddings are used)."""
+        """Item id -> embedding row (the ID model's rows where its embeddings are used)."""
         if self.rec_folder is not None:
             return item_rows(self.rec_folder)
         return {item: row for row, item in enumerate(["[PAD]", *self.data.items["item_id"]])}
@@ -170,7 +175,7 @@ class LLMRecommender:
     def item_embeddings(self) -> torch.Tensor | None:
         if self.rec_folder is None:
             return None
-        return item_embedding_table(self.rec_folder)
+        return item_embedding_table(self.rec_folder, self.plugins)
 
     def declared(self) -> dict:
         """The LLM stages' inputs and derived values (what the template and model names stand

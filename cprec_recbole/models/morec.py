@@ -160,6 +160,24 @@ class MoRec(SASRec):
             )
         self.item_embedding.project.apply(self._init_weights)
 
+    @staticmethod
+    def item_table(state: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Every item's vector as MoRec scores it (no dropout), from a frozen-encoder checkpoint:
+        what a hybrid prompt reads when ``embedding_model`` is MoRec."""
+        if "item_embedding.text" not in state:
+            raise ConfigError(
+                "MoRec trained end to end (text_encoder_trainable_layers > 0) keeps no item "
+                "vectors in its checkpoint; hybrid prompts read the frozen-encoder MoRec: "
+                "rec_model_overrides: {text_encoder_trainable_layers: 0}"
+            )
+        text = state["item_embedding.text"]
+        prefix = "item_embedding.project."
+        project = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+        table = TextItemEmbedding(text.numpy(), project["3.weight"].shape[0], dropout=0.0)
+        table.project.load_state_dict(project)
+        with torch.no_grad():
+            return table.eval().weight
+
     def parameter_groups(self, learning_rate: float) -> list[dict]:
         """The trainable encoder blocks at ``text_encoder_learning_rate``, the rest at the
         recommender's rate: fine-tuned at 1e-3, one MiniLM block maps every title to nearly the
