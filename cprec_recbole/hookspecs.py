@@ -44,7 +44,8 @@ def register_models(register: Register) -> None:
       ``("data", "sasrec", "corpus", "cpt", "sft", "eval")`` in that order: ``sasrec`` gives
       hybrid prompts the item embeddings of the ID model ``embedding_model`` (SASRec; one
       whose item vectors are computed says how with ``item_table(state_dict)``, as MoRec),
-      ``cpt`` starts LoRA from continual pre-training, ``sft`` fine-tunes LoRA (+ projector) and validates, ``eval`` ranks the test candidates.
+      ``cpt`` starts LoRA from continual pre-training, ``sft`` fine-tunes LoRA (+ projector)
+      and validates, ``eval`` ranks the test candidates.
       ``cls(config, data, plugins, folders)`` builds the object from those stages' folders and
       trains nothing; override its methods (``load``, ``train_windows``, ``epoch_samples``, ...)
       to change what the stages do; a key they read that the stage does not declare must join

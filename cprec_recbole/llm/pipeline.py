@@ -40,6 +40,7 @@ from cprec_recbole.rec_model import item_embedding_table, item_rows, train_rec_m
 from cprec_recbole.results import write_ranks, write_results
 from cprec_recbole.run_config import tracked
 from cprec_recbole.stages import Stage, peak_memory_mb, read_manifest, run_stage
+from cprec_recbole.text_encoder import with_item_text
 
 logger = logging.getLogger(__name__)
 #: Keys of an LLM model's config that change what SFT computes.
@@ -131,8 +132,6 @@ def train_sasrec(
     """The ID model of hybrid prompts (``embedding_model``, LLaRA's SASRec): stock settings
     (+ ``rec_model_overrides``), so its stage is the one ``--model=<embedding_model>`` trains;
     without the targets SFT trains on (``sft_holdout``)."""
-    from cprec_recbole.text_encoder import with_item_text
-
     name = config["embedding_model"]
     cls = plugins.models.get(name)
     keep = {k: config[k] for k in ("data_path", "output_dir", "show_progress")}
@@ -141,7 +140,7 @@ def train_sasrec(
         overrides["train_holdout"] = config["sft_holdout"]
     rec_config = tracked(load_config(name, config["dataset"], cls, overrides=overrides))
     if "item_text" in getattr(cls, "pipeline", ()):  # MoRec: its item_text stage first
-        rec_config, _ = with_item_text(rec_config, data, plugins, force)
+        rec_config, _ = with_item_text(rec_config, data, plugins)
     return train_rec_model(cls, rec_config, data, force=force)
 
 
