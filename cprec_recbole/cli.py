@@ -39,6 +39,8 @@ options:
   --tune=true             Ray Tune grid over tune_space (default: learning_rate 6e-4, 3e-4, 1e-4)
   --experiment=NAME --dataset=NAME [--seeds=N]
                           run a named experiment (properties/experiments/) and write its report
+  --report                with --experiment: build nothing, write the report of the runs already
+                          built and name the rest (how far a long experiment has got)
 """
 
 
@@ -149,7 +151,8 @@ def command(argv: list[str]) -> int:
         print(help_text(plugins, str(data_path)))
         return 0
     planned = bool({"--plan", "--plan=true"} & set(argv))
-    argv = [a for a in argv if a not in ("--plan", "--plan=true")]
+    reported = bool({"--report", "--report=true"} & set(argv))
+    argv = [a for a in argv if a not in ("--plan", "--plan=true", "--report", "--report=true")]
     overrides, plugins, force, config_files = split_args(argv)
     model = overrides.pop("model", None)
     dataset = overrides.pop("dataset", None)
@@ -167,8 +170,11 @@ def command(argv: list[str]) -> int:
         if planned:
             print(groups_table(plan_groups(run_specs(runs), loaded)))
             return 0
-        print(f"report: {run_experiment(named, runs, str(dataset), loaded) / 'report.md'}")
+        folder = run_experiment(named, runs, str(dataset), loaded, build=not reported)
+        print(f"report: {folder / 'report.md'}")
         return 0
+    if reported:
+        raise ConfigError("--report goes with --experiment=NAME (a run's results are its own)")
     if not model or not dataset:
         raise ConfigError("both --model=NAME and --dataset=NAME are required (see --help)")
     if planned:

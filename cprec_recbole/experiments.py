@@ -31,7 +31,7 @@ from cprec_recbole.diagnostics import diagnostics_section
 from cprec_recbole.errors import ConfigError, within
 from cprec_recbole.evaluation import INVALID
 from cprec_recbole.io import write_atomic, write_text
-from cprec_recbole.pipeline import RunSpec, build_shared
+from cprec_recbole.pipeline import RunSpec, build_shared, walk
 from cprec_recbole.plugins import Plugins
 from cprec_recbole.results import markdown_table
 from cprec_recbole.run_config import RunConfig
@@ -42,6 +42,9 @@ RUN_KEYS = ("name", "model", "overrides", "seed_key")
 REPORTS = ("table", "buckets", "cost", "diagnostics")
 FIGURES = (None, "bars", "curve", "lines")
 DEFAULT_METRICS = ["hr@1", "hr@3", "hr@5", "ndcg@3", "ndcg@5", "valid_ratio"]
+#: The report's column of valid HR@1 on the ``eval_valid_users`` an LLM arm also ranked (mean
+#: over seeds): the split an experiment chooses its best LLM arm on, never the test split.
+VALID_EVAL = "valid hr@1 (eval_valid_users)"
 
 
 @dataclass(frozen=True)
@@ -178,6 +181,14 @@ def shared_hr1(hits: Mapping[str, pd.Series]) -> pd.Series | None:
     )
 
 
+def valid_eval_hr1(rows: pd.DataFrame, arms: list[str]) -> pd.Series | None:
+    """Each arm's valid HR@1 on its ``eval_valid_users`` (mean over seeds; NaN: an arm that
+    ranked none, such as an ID model); None where no arm ranked any."""
+    if not rows["valid_eval_hr@1"].notna().any():
+        return None
+    return rows.groupby("arm", sort=False)["valid_eval_hr@1"].mean().reindex(arms)
+
+
 def paired_test(best: pd.Series, other: pd.Series) -> float:
     """p of the paired t-test of per-user hits; 1.0 where the two never differ."""
     users = best.index.intersection(other.index)
@@ -266,38 +277,29 @@ def seed_count(value: Any, where: str) -> int:
 
 
 def run_experiment(
-    experiment: Experiment, runs: list[ExperimentRun], dataset: str, plugins: Plugins
+    experiment: Experiment,
+    runs: list[ExperimentRun],
+    dataset: str,
+    plugins: Plugins,
+    build: bool = True,
 ) -> Path:
     """Build the stages the runs share, run every arm over the seeds, then write the report;
-    returns the experiment folder."""
-    from cprec_recbole.quick_start import run
-
+    returns the experiment folder. ``build`` False (``--report``) builds nothing: the report
+    holds the runs whose every stage is built and names the rest, so an experiment that takes
+    days (the learning curve) says how far it has got while it runs."""
     name, seeds = experiment.name, 1 + max(one.seed for one in runs)
     folder = Path(runs[0].config["output_dir"]) / "experiments" / f"{name}-{dataset}"
-    build_shared(run_specs(runs), plugins)
-    rows = []
     start = time.time()
-    progress = tqdm(runs, desc=f"experiment {name}", unit="run")
-    for one in progress:
-        progress.set_postfix_str(f"{one.arm.name} seed {one.seed}")
-        began = time.time()
-        with within(f"experiment {name}, run {one.arm.name} seed {one.seed}"):
-            results = run(one.arm.model, dataset, (), one.overrides, plugins.files)
-        rows.append(
-            {
-                "arm": one.arm.name,
-                "model": one.arm.model,
-                "seed": one.seed,
-                **{k: v for k, v in results["test"].items() if isinstance(v, int | float)},
-                "seconds": round(time.time() - began, 1),
-                "folder": results["folder"],
-                **cost_of(results["stages"]),
-            }
+    collect = _run_all if build else built_rows
+    rows, pending = collect(experiment, runs, dataset, plugins)
+    if not rows:
+        raise ConfigError(
+            f"experiment {name}: no run is built yet, so there is nothing to report; run it "
+            "without --report (--plan lists what each run needs)"
         )
-    progress.close()
     table = pd.DataFrame(rows)
     write_atomic(folder / "results.csv", lambda tmp: table.to_csv(tmp, index=False))
-    arms = [a.name for a in experiment.arms]
+    arms = [a.name for a in experiment.arms if a.name in set(table["arm"])]
     summary = summary_table(table, experiment.metrics, arms)
     hits = {
         a: per_user_hits([Path(f) for f in table.loc[table["arm"] == a, "folder"]]) for a in arms
@@ -305,18 +307,80 @@ def run_experiment(
     shared = shared_hr1(hits)
     if shared is not None:
         summary[shared.name] = shared
+    valid = valid_eval_hr1(table, arms)
+    if valid is not None:
+        summary[VALID_EVAL] = valid
     best = summary["hr@1 mean"].idxmax()
     summary["p vs best (hits@1)"] = [
         paired_test(hits[best], hits[a]) if a != best else None for a in arms
     ]
     write_atomic(folder / "summary.csv", lambda tmp: summary.to_csv(tmp))
     report = render_report(experiment, dataset, summary, table, best, seeds, time.time() - start)
+    if pending:
+        report += (
+            f"\nNot built yet ({len(pending)} of {len(runs)} runs; this report was written by "
+            "`--report` from the others, and the same command without `--report` builds them):\n\n"
+        )
+        report += "".join(f"- {line}\n" for line in pending)
     if experiment.figure:
         title = f"{name} on {dataset}: test HR@1"
         figure(summary, folder / f"{name}.png", title, experiment)
         report += f"\n![{name}]({name}.png)\n"
     write_text(folder / "report.md", report)
     return folder
+
+
+def _run_all(
+    experiment: Experiment, runs: list[ExperimentRun], dataset: str, plugins: Plugins
+) -> tuple[list[dict], list[str]]:
+    """Every run built (or reused) in order, the stages they share first: a row each."""
+    from cprec_recbole.quick_start import run
+
+    build_shared(run_specs(runs), plugins)
+    rows = []
+    progress = tqdm(runs, desc=f"experiment {experiment.name}", unit="run")
+    for one in progress:
+        progress.set_postfix_str(f"{one.arm.name} seed {one.seed}")
+        began = time.time()
+        with within(f"experiment {experiment.name}, run {one.arm.name} seed {one.seed}"):
+            results = run(one.arm.model, dataset, (), one.overrides, plugins.files)
+        rows.append(result_row(one, results, round(time.time() - began, 1)))
+    progress.close()
+    return rows, []
+
+
+def built_rows(
+    experiment: Experiment, runs: list[ExperimentRun], dataset: str, plugins: Plugins
+) -> tuple[list[dict], list[str]]:
+    """The rows of the runs whose every stage is built, read from their folders (nothing is
+    built, and a stage another process is building is left alone), and for each other run a
+    line naming its stages that are not built yet, as ``--plan`` would."""
+    from cprec_recbole.quick_start import results_of
+
+    rows, pending = [], []
+    for one, spec in zip(runs, run_specs(runs), strict=True):
+        walked, entries = walk(spec, plugins)
+        left = [f"{e.stage} {e.hash} {e.state}" for e in entries if e.state != "cached"]
+        if left:
+            pending.append(f"{spec.label}: {'; '.join(left)}")
+        else:
+            rows.append(result_row(one, results_of(walked), None))
+    return rows, pending
+
+
+def result_row(one: ExperimentRun, results: Mapping[str, Any], seconds: float | None) -> dict:
+    """A run's row of ``results.csv``: its test metrics, wall time here (None: only read),
+    result folder and cost."""
+    return {
+        "arm": one.arm.name,
+        "model": one.arm.model,
+        "seed": one.seed,
+        **{k: v for k, v in results["test"].items() if isinstance(v, int | float)},
+        "valid_eval_hr@1": (results.get("valid_eval") or {}).get("hr@1"),
+        "seconds": seconds,
+        "folder": results["folder"],
+        **cost_of(results["stages"]),
+    }
 
 
 def cost_of(stages: Mapping[str, str | Path | None]) -> dict[str, float | None]:
@@ -374,7 +438,7 @@ def render_report(
 ) -> str:
     """report.md: the paper-style table (mean ± std over seeds, best in bold, p vs best)."""
     metrics = [m for m in experiment.metrics if f"{m} mean" in summary.columns]
-    extra = [c for c in summary.columns if c.startswith("hr@1 (")]  # see shared_hr1
+    extra = [c for c in summary.columns if c.startswith("hr@1 (") or c == VALID_EVAL]
     header = ["model", *metrics, *extra, "seeds", "p vs best"]
     lines = [
         f"# Experiment `{experiment.name}` on {dataset}",
@@ -393,7 +457,7 @@ def render_report(
     for arm, row in summary.iterrows():
         p = row["p vs best (hits@1)"]
         cells = [_cell(row[f"{m} mean"], row[f"{m} std"]) for m in metrics]
-        cells += [f"{row[c]:.4f}" for c in extra]
+        cells += ["-" if pd.isna(row[c]) else f"{row[c]:.4f}" for c in extra]
         mark = "-" if p is None or pd.isna(p) else f"{p:.3g}{' *' if p < 0.05 else ''}"
         name = f"**{arm}**" if arm == best else arm
         lines.append("| " + " | ".join([name, *cells, str(int(row["seeds"])), mark]) + " |")
@@ -447,11 +511,12 @@ def figure(summary: pd.DataFrame, path: Path, title: str, experiment: Experiment
     elif experiment.figure == "curve":
         ax.errorbar(summary.index, mean, yerr=std, marker="o", capsize=4, color="#4878a8")
     else:
-        for model, arms in lines_of(experiment).items():
+        for model, arms in lines_of(experiment, summary.index).items():
             points = sorted((arm.overrides[experiment.x], arm.name) for arm in arms)
             xs, names = [p[0] for p in points], [p[1] for p in points]
             ax.errorbar(xs, mean[names], yerr=std[names], marker="o", capsize=4, label=model)
-        ticks = sorted({arm.overrides[experiment.x] for arm in experiment.arms})
+        drawn = [a for a in experiment.arms if a.name in summary.index]
+        ticks = sorted({arm.overrides[experiment.x] for arm in drawn})
         ax.set_xscale("log")  # sizes that double are evenly spaced
         ax.set_xticks(ticks, [f"{t:,}" for t in ticks])
         ax.minorticks_off()
@@ -464,9 +529,11 @@ def figure(summary: pd.DataFrame, path: Path, title: str, experiment: Experiment
     plt.close(fig)
 
 
-def lines_of(experiment: Experiment) -> dict[str, list[Arm]]:
-    """The arms of each model, in the experiment's order: one line of a ``lines`` figure each."""
+def lines_of(experiment: Experiment, names: Iterable[str]) -> dict[str, list[Arm]]:
+    """The arms of each model among ``names`` (those built), in the experiment's order: one line
+    of a ``lines`` figure each."""
+    wanted = set(names)
     lines: dict[str, list[Arm]] = {}
-    for arm in experiment.arms:
+    for arm in (a for a in experiment.arms if a.name in wanted):
         lines.setdefault(arm.model, []).append(arm)
     return lines

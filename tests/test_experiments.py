@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -13,6 +15,7 @@ from cprec_recbole.config import PROPERTIES
 from cprec_recbole.config_check import check_config
 from cprec_recbole.errors import ConfigError
 from cprec_recbole.experiments import (
+    VALID_EVAL,
     cost_of,
     cost_table,
     figure,
@@ -22,6 +25,7 @@ from cprec_recbole.experiments import (
     paired_test,
     shared_hr1,
     train_seconds,
+    valid_eval_hr1,
 )
 from tests.conftest import TINY_SIZES
 
@@ -98,7 +102,7 @@ def test_experiment_yaml_errors_name_the_bad_key(tmp_path, text, message):
 def test_the_learning_curve_runs_llara_and_cprec_at_the_same_checked_sizes(plugins, tmp_path):
     path = PROPERTIES / "experiments" / "learning_curve.yaml"
     curve = load_experiment("learning_curve", path, plugins.models.names())
-    lines = lines_of(curve)
+    lines = lines_of(curve, [arm.name for arm in curve.arms])
     sizes = {model: [a.overrides["sft_samples"] for a in arms] for model, arms in lines.items()}
     assert sizes["LLaRA"] == sizes["CPRec"] == [768, 1536, 3072, 6072, 11307]
     for arm in curve.arms:  # what the experiment checks before its first run
@@ -110,6 +114,13 @@ def test_the_learning_curve_runs_llara_and_cprec_at_the_same_checked_sizes(plugi
     )
     figure(summary, tmp_path / "curve.png", "learning curve", curve)
     assert (tmp_path / "curve.png").stat().st_size > 1000
+
+
+def test_valid_hr1_of_the_arms_that_ranked_valid_users_is_their_mean_over_seeds():
+    rows = pd.DataFrame({"arm": ["SASRec", "LLaRA", "LLaRA"], "valid_eval_hr@1": [None, 0.2, 0.3]})
+    valid = valid_eval_hr1(rows, ["SASRec", "LLaRA"])
+    assert pd.isna(valid["SASRec"]) and valid["LLaRA"] == pytest.approx(0.25)
+    assert valid_eval_hr1(rows.iloc[:1], ["SASRec"]) is None
 
 
 def test_paired_t_test_on_identical_hits_reports_no_significance():
@@ -190,6 +201,7 @@ def test_cost_of_an_llm_is_its_sft_with_its_cpt_apart(tmp_path):
 
 
 EXPERIMENT_PLUGIN = """
+import shutil
 from pathlib import Path
 from cprec_recbole import hookimpl
 
@@ -232,6 +244,35 @@ def test_a_plugin_experiment_runs_seeds_and_writes_its_report(tmp_path, tiny_bas
     again = main(command)
     reread = pd.read_csv(folder / "results.csv").drop(columns="seconds")
     assert again == 0 and reread.equals(rows.drop(columns="seconds"))  # all stages reused
+
+
+def test_report_of_a_partly_built_experiment_builds_nothing_and_names_the_rest(
+    tmp_path, tiny_base, capsys
+):
+    command = mini_experiment(tmp_path, tiny_base, "seeds: 2\nfigure: bars\n")
+    assert main([*command, "--report"]) == 2
+    assert "experiment mini: no run is built yet" in capsys.readouterr().err
+    assert not (tmp_path / "saved").exists()
+    assert main(command) == 0
+    folder = tmp_path / "saved" / "experiments" / "mini-Tiny"
+    full = pd.read_csv(folder / "results.csv")
+    last = (full["arm"] == "GRU4Rec") & (full["seed"] == 1)
+    unbuilt = Path(full.loc[last, "folder"].item())
+    shutil.rmtree(unbuilt)
+    capsys.readouterr()
+    assert main([*command, "--report"]) == 0
+    assert not unbuilt.exists()  # nothing was built
+    rows = pd.read_csv(folder / "results.csv")
+    assert rows["seconds"].isna().all()  # read, not run
+    assert rows.drop(columns="seconds").equals(full[~last].drop(columns="seconds"))
+    report = (folder / "report.md").read_text()
+    gru4rec = next(line for line in report.splitlines() if line.startswith("| GRU4Rec |"))
+    assert gru4rec.split(" | ")[-2] == "1"  # the seeds it holds
+    assert "Not built yet (1 of 4 runs;" in report and VALID_EVAL not in report
+    assert f"- GRU4Rec seed 1: rec_model {unbuilt.name} to build\n" in report
+    assert (folder / "mini.png").stat().st_size > 1000
+    assert main(["--model=SASRec", "--dataset=Tiny", "--report"]) == 2
+    assert "--report goes with --experiment" in capsys.readouterr().err
 
 
 def test_a_bad_override_stops_the_experiment_before_any_run(tmp_path, tiny_base, capsys):
