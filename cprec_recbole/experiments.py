@@ -38,7 +38,7 @@ from cprec_recbole.run_config import RunConfig
 from cprec_recbole.stages import read_manifest
 
 EXPERIMENT_KEYS = ("description", "seeds", "runs", "metrics", "report", "figure", "reference", "x")
-RUN_KEYS = ("name", "model", "overrides", "seed_key")
+RUN_KEYS = ("name", "model", "overrides", "seed_key", "line")
 REPORTS = ("table", "buckets", "cost", "diagnostics")
 FIGURES = (None, "bars", "curve", "lines")
 DEFAULT_METRICS = ["hr@1", "hr@3", "hr@5", "ndcg@3", "ndcg@5", "valid_ratio"]
@@ -50,12 +50,14 @@ VALID_EVAL = "valid hr@1 (eval_valid_users)"
 @dataclass(frozen=True)
 class Arm:
     """One row of an experiment: a model with its overrides; ``seed_key`` varies per seed
-    (``seed`` for SFT and ID models, ``cpt_seed`` for CPTLLaRA; null: deterministic, run once)."""
+    (``seed`` for SFT and ID models, ``cpt_seed`` for CPTLLaRA; null: deterministic, run once);
+    ``line``: the line of a ``lines`` figure it is a point of (its model's by default)."""
 
     name: str
     model: str
     overrides: dict = field(default_factory=dict)
     seed_key: str | None = "seed"
+    line: str | None = None
 
 
 @dataclass(frozen=True)
@@ -104,6 +106,7 @@ def load_experiment(name: str, path: Path, models: Iterable[str]) -> Experiment:
                 model=run["model"],
                 overrides=dict(run.get("overrides") or {}),
                 seed_key=run.get("seed_key", "seed"),
+                line=None if run.get("line") is None else str(run["line"]),
             )
         )
     names = [a.name for a in arms]
@@ -496,8 +499,9 @@ def cost_table(rows: pd.DataFrame) -> str:
 
 def figure(summary: pd.DataFrame, path: Path, title: str, experiment: Experiment) -> None:
     """Mean test HR@1 per arm with the seeds' std: bars, a curve over the arms' order (the
-    data-volume study: one arm per CPT checkpoint), or lines, one per model, against each arm's
-    value of the override ``x`` (the learning curve: HR@1 against SFT samples)."""
+    data-volume study: one arm per CPT checkpoint), or lines, one per model or arm ``line``,
+    against each arm's value of the override ``x`` (the learning curve: HR@1 against SFT
+    samples)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -511,10 +515,10 @@ def figure(summary: pd.DataFrame, path: Path, title: str, experiment: Experiment
     elif experiment.figure == "curve":
         ax.errorbar(summary.index, mean, yerr=std, marker="o", capsize=4, color="#4878a8")
     else:
-        for model, arms in lines_of(experiment, summary.index).items():
+        for line, arms in lines_of(experiment, summary.index).items():
             points = sorted((arm.overrides[experiment.x], arm.name) for arm in arms)
             xs, names = [p[0] for p in points], [p[1] for p in points]
-            ax.errorbar(xs, mean[names], yerr=std[names], marker="o", capsize=4, label=model)
+            ax.errorbar(xs, mean[names], yerr=std[names], marker="o", capsize=4, label=line)
         drawn = [a for a in experiment.arms if a.name in summary.index]
         ticks = sorted({arm.overrides[experiment.x] for arm in drawn})
         ax.set_xscale("log")  # sizes that double are evenly spaced
@@ -530,10 +534,10 @@ def figure(summary: pd.DataFrame, path: Path, title: str, experiment: Experiment
 
 
 def lines_of(experiment: Experiment, names: Iterable[str]) -> dict[str, list[Arm]]:
-    """The arms of each model among ``names`` (those built), in the experiment's order: one line
-    of a ``lines`` figure each."""
+    """The arms of each line (an arm's ``line``, else its model) among ``names`` (those built),
+    in the experiment's order: one line of a ``lines`` figure each."""
     wanted = set(names)
     lines: dict[str, list[Arm]] = {}
     for arm in (a for a in experiment.arms if a.name in wanted):
-        lines.setdefault(arm.model, []).append(arm)
+        lines.setdefault(arm.line or arm.model, []).append(arm)
     return lines

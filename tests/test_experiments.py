@@ -101,17 +101,28 @@ def test_experiment_yaml_errors_name_the_bad_key(tmp_path, text, message):
         load_experiment("x", path, MODELS)
 
 
-def test_the_learning_curve_runs_llara_and_cprec_at_the_same_checked_sizes(plugins, tmp_path):
+def test_the_learning_curve_draws_two_recipes_of_llara_and_cprec_at_the_same_sizes(
+    plugins, tmp_path
+):
     path = PROPERTIES / "experiments" / "learning_curve.yaml"
     curve = load_experiment("learning_curve", path, plugins.models.names())
     lines = lines_of(curve, [arm.name for arm in curve.arms])
-    sizes = {model: [a.overrides["sft_samples"] for a in arms] for model, arms in lines.items()}
-    assert sizes["LLaRA"] == sizes["CPRec"] == [768, 1536, 3072, 6072, 11307]
+    sizes = {line: sorted(a.overrides["sft_samples"] for a in arms) for line, arms in lines.items()}
+    assert sizes == {
+        line: [768, 3072, 11307]
+        for line in (
+            "LLaRA",
+            "CPRec",
+            "LLaRA, item tokens over MoRec",
+            "CPRec, item tokens over MoRec",
+        )
+    }
+    built = [a.name for a in curve.arms if a.overrides["sft_samples"] < 11307]
+    assert lines_of(curve, built)["CPRec"] == [a for a in lines["CPRec"] if a.name in built]
     summary = pd.DataFrame(
-        {"hr@1 mean": [0.1, 0.2, 0.15, 0.25] * 2 + [0.3, 0.35], "hr@1 std": [0.01] * 10},
-        index=[a.name for a in curve.arms],
+        {"hr@1 mean": [0.1, 0.15, 0.2, 0.25] * 2, "hr@1 std": [0.01] * 8}, index=built
     )
-    figure(summary, tmp_path / "curve.png", "learning curve", curve)
+    figure(summary, tmp_path / "curve.png", "learning curve", curve)  # the lines built so far
     assert (tmp_path / "curve.png").stat().st_size > 1000
 
 
