@@ -6,8 +6,10 @@ Experiments are YAML files (``properties/experiments/*.yaml``; plugins add their
 ``register_experiments``). Each run goes through the same cached stages as the CLI, so an
 interrupted experiment picks up from its finished stages; the stages two or more runs share (one
 CPT for every SFT seed, one SASRec for every LLaRA arm) are found by walking every run's pipeline
-without building, and built once before the runs (``--plan`` lists them once). The best arm (mean test hr@1) is compared with each other arm
-by the paired t-test of per-user hits@1 (averaged over seeds), marked where p < 0.05.
+without building, and built once before the runs (``--plan`` lists them once); ``--report``
+builds nothing and reports the runs already built, naming the rest. The best arm (mean test
+hr@1) is compared with each other arm by the paired t-test of per-user hits@1 (averaged over
+seeds), marked where p < 0.05.
 """
 
 from __future__ import annotations
@@ -293,8 +295,10 @@ def run_experiment(
     name, seeds = experiment.name, 1 + max(one.seed for one in runs)
     folder = Path(runs[0].config["output_dir"]) / "experiments" / f"{name}-{dataset}"
     start = time.time()
-    collect = _run_all if build else built_rows
-    rows, pending = collect(experiment, runs, dataset, plugins)
+    if build:
+        rows, pending = _run_all(experiment, runs, dataset, plugins), []
+    else:
+        rows, pending = built_rows(runs, plugins)
     if not rows:
         raise ConfigError(
             f"experiment {name}: no run is built yet, so there is nothing to report; run it "
@@ -335,7 +339,7 @@ def run_experiment(
 
 def _run_all(
     experiment: Experiment, runs: list[ExperimentRun], dataset: str, plugins: Plugins
-) -> tuple[list[dict], list[str]]:
+) -> list[dict]:
     """Every run built (or reused) in order, the stages they share first: a row each."""
     from cprec_recbole.quick_start import run
 
@@ -349,12 +353,10 @@ def _run_all(
             results = run(one.arm.model, dataset, (), one.overrides, plugins.files)
         rows.append(result_row(one, results, round(time.time() - began, 1)))
     progress.close()
-    return rows, []
+    return rows
 
 
-def built_rows(
-    experiment: Experiment, runs: list[ExperimentRun], dataset: str, plugins: Plugins
-) -> tuple[list[dict], list[str]]:
+def built_rows(runs: list[ExperimentRun], plugins: Plugins) -> tuple[list[dict], list[str]]:
     """The rows of the runs whose every stage is built, read from their folders (nothing is
     built, and a stage another process is building is left alone), and for each other run a
     line naming its stages that are not built yet, as ``--plan`` would."""
