@@ -27,11 +27,10 @@ import pandas as pd
 from scipy.stats import ttest_rel
 from tqdm import tqdm
 
-from cprec_recbole.compare import check_same_candidates, read_ranks
+from cprec_recbole.compare import mean_hits
 from cprec_recbole.config import key_lines, read_yaml
 from cprec_recbole.diagnostics import diagnostics_section
 from cprec_recbole.errors import ConfigError, within
-from cprec_recbole.evaluation import INVALID
 from cprec_recbole.io import write_atomic, write_text
 from cprec_recbole.pipeline import RunSpec, build_shared, walk
 from cprec_recbole.plugins import Plugins
@@ -164,14 +163,6 @@ def overrides_for(overrides: Mapping[str, Any], readers: Mapping[str, set], arm:
     ``--eval_users`` reaches table3's LLM arms without failing its ID arms."""
     anyone = set().union(*readers.values())
     return {k: v for k, v in overrides.items() if k in readers[arm] or k not in anyone}
-
-
-def per_user_hits(folders: list[Path], k: int = 1) -> pd.Series:
-    """Mean hit@k per user over the seeds' result folders (same candidate sets checked)."""
-    for other in folders[1:]:
-        check_same_candidates(folders[0], other)
-    hits = [((r != INVALID) & (r < k)).astype(float) for r in map(read_ranks, folders)]
-    return pd.concat(hits, axis=1).mean(axis=1)
 
 
 def shared_hr1(hits: Mapping[str, pd.Series]) -> pd.Series | None:
@@ -309,7 +300,7 @@ def run_experiment(
     arms = [a.name for a in experiment.arms if a.name in set(table["arm"])]
     summary = summary_table(table, experiment.metrics, arms)
     hits = {
-        a: per_user_hits([Path(f) for f in table.loc[table["arm"] == a, "folder"]]) for a in arms
+        a: mean_hits([Path(f) for f in table.loc[table["arm"] == a, "folder"]], k=1) for a in arms
     }
     shared = shared_hr1(hits)
     if shared is not None:
