@@ -24,10 +24,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy.stats import ttest_rel
 from tqdm import tqdm
 
-from cprec_recbole.compare import mean_hits
+from cprec_recbole.compare import mean_hits, paired_hits
 from cprec_recbole.config import key_lines, read_yaml
 from cprec_recbole.diagnostics import diagnostics_section
 from cprec_recbole.errors import ConfigError, within
@@ -186,12 +185,12 @@ def valid_eval_hr1(rows: pd.DataFrame, arms: list[str]) -> pd.Series | None:
 
 
 def paired_test(best: pd.Series, other: pd.Series) -> float:
-    """p of the paired t-test of per-user hits; 1.0 where the two never differ."""
+    """p of the paired t-test of per-user hits on the users both scored (``compare``'s); 1.0
+    where the two never differ."""
     users = best.index.intersection(other.index)
-    diff = best[users] - other[users]
-    if len(users) < 2 or not diff.any():
+    if len(users) < 2:
         return 1.0
-    return float(ttest_rel(best[users], other[users]).pvalue)
+    return paired_hits(best[users].to_numpy(), other[users].to_numpy(), k=1)["t_test_p"]
 
 
 def summary_table(rows: pd.DataFrame, metrics: list[str], arms: list[str]) -> pd.DataFrame:
@@ -297,7 +296,8 @@ def run_experiment(
         )
     table = pd.DataFrame(rows)
     write_atomic(folder / "results.csv", lambda tmp: table.to_csv(tmp, index=False))
-    arms = [a.name for a in experiment.arms if a.name in set(table["arm"])]
+    built = set(table["arm"])
+    arms = [a.name for a in experiment.arms if a.name in built]
     summary = summary_table(table, experiment.metrics, arms)
     hits = {
         a: mean_hits([Path(f) for f in table.loc[table["arm"] == a, "folder"]], k=1) for a in arms
@@ -508,12 +508,12 @@ def figure(summary: pd.DataFrame, path: Path, title: str, experiment: Experiment
     elif experiment.figure == "curve":
         ax.errorbar(summary.index, mean, yerr=std, marker="o", capsize=4, color="#4878a8")
     else:
-        for line, arms in lines_of(experiment, summary.index).items():
+        lines = lines_of(experiment, summary.index)
+        for line, arms in lines.items():
             points = sorted((arm.overrides[experiment.x], arm.name) for arm in arms)
             xs, names = [p[0] for p in points], [p[1] for p in points]
             ax.errorbar(xs, mean[names], yerr=std[names], marker="o", capsize=4, label=line)
-        drawn = [a for a in experiment.arms if a.name in summary.index]
-        ticks = sorted({arm.overrides[experiment.x] for arm in drawn})
+        ticks = sorted({arm.overrides[experiment.x] for arms in lines.values() for arm in arms})
         ax.set_xscale("log")  # sizes that double are evenly spaced
         ax.set_xticks(ticks, [f"{t:,}" for t in ticks])
         ax.minorticks_off()
