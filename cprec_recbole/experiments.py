@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import difflib
 import json
+import shutil
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -30,12 +32,12 @@ from cprec_recbole.compare import mean_hits, paired_hits
 from cprec_recbole.config import key_lines, read_yaml
 from cprec_recbole.diagnostics import diagnostics_section
 from cprec_recbole.errors import ConfigError, within
-from cprec_recbole.io import write_atomic, write_text
-from cprec_recbole.pipeline import RunSpec, build_shared, walk
+from cprec_recbole.io import write_atomic, write_atomic_dir, write_text
+from cprec_recbole.pipeline import RunSpec, build_shared, is_built, walk
 from cprec_recbole.plugins import Plugins
 from cprec_recbole.results import markdown_table
 from cprec_recbole.run_config import RunConfig
-from cprec_recbole.stages import read_manifest
+from cprec_recbole.stages import LOCK, read_manifest
 
 EXPERIMENT_KEYS = ("description", "seeds", "runs", "metrics", "report", "figure", "reference", "x")
 RUN_KEYS = ("name", "model", "overrides", "seed_key", "line")
@@ -45,6 +47,12 @@ DEFAULT_METRICS = ["hr@1", "hr@3", "hr@5", "ndcg@3", "ndcg@5", "valid_ratio"]
 #: The report's column of valid HR@1 on the ``eval_valid_users`` an LLM arm also ranked (mean
 #: over seeds): the split an experiment chooses its best LLM arm on, never the test split.
 VALID_EVAL = "valid hr@1 (eval_valid_users)"
+#: The final stages a report copies beside itself (:func:`archive`): those no other stage
+#: loads, results and ranks only (~0.5 MB per 1,000 users). An ID model's final stage holds the
+#: weights the LLM arms load, so a results-only copy could pass for a model; it rebuilds in
+#: minutes.
+ARCHIVED = ("eval",)
+UNCOPIED = shutil.ignore_patterns(LOCK)  # a lock belongs to this machine's processes
 
 
 @dataclass(frozen=True)
@@ -296,6 +304,7 @@ def run_experiment(
         )
     table = pd.DataFrame(rows)
     write_atomic(folder / "results.csv", lambda tmp: table.to_csv(tmp, index=False))
+    archive(table["folder"], folder / "stages")
     built = set(table["arm"])
     arms = [a.name for a in experiment.arms if a.name in built]
     summary = summary_table(table, experiment.metrics, arms)
@@ -334,7 +343,7 @@ def _run_all(
     """Every run built (or reused) in order, the stages they share first: a row each."""
     from cprec_recbole.quick_start import run
 
-    build_shared(run_specs(runs), plugins)
+    build_shared([s for s in run_specs(runs) if not is_built(walk(s, plugins)[1])], plugins)
     rows = []
     progress = tqdm(runs, desc=f"experiment {experiment.name}", unit="run")
     for one in progress:
@@ -348,20 +357,33 @@ def _run_all(
 
 
 def built_rows(runs: list[ExperimentRun], plugins: Plugins) -> tuple[list[dict], list[str]]:
-    """The rows of the runs whose every stage is built, read from their folders (nothing is
-    built, and a stage another process is building is left alone), and for each other run a
-    line naming its stages that are not built yet, as ``--plan`` would."""
+    """The rows of the built runs (:func:`~cprec_recbole.pipeline.is_built`), read from their
+    final folders (nothing is built, and a stage another process is building is left alone),
+    and for each other run a line naming its stages that are not built yet, as ``--plan``
+    would."""
     from cprec_recbole.quick_start import results_of
 
     rows, pending = [], []
     for one, spec in zip(runs, run_specs(runs), strict=True):
         walked, entries = walk(spec, plugins)
-        left = [f"{e.stage} {e.hash} {e.state}" for e in entries if e.state != "cached"]
-        if left:
-            pending.append(f"{spec.label}: {'; '.join(left)}")
-        else:
+        if is_built(entries):
             rows.append(result_row(one, results_of(walked), None))
+        else:
+            left = [f"{e.stage} {e.hash} {e.state}" for e in entries if e.state != "cached"]
+            pending.append(f"{spec.label}: {'; '.join(left)}")
     return rows, pending
+
+
+def archive(finals: Iterable[str], into: Path) -> None:
+    """Copy each run's final folder that is an ``ARCHIVED`` stage to ``into/<stage>/<hash>/``
+    (once), so the report carries its runs' per-user ranks: ``cp -rn <report>/stages/.
+    <output_dir>/`` on another machine makes those runs built there, for ``--report``,
+    ``compare`` and the experiment itself."""
+    for final in map(Path, finals):
+        target = into / final.parent.name / final.name
+        if final.parent.name in ARCHIVED and not target.exists():
+            copy = partial(shutil.copytree, final, dirs_exist_ok=True, ignore=UNCOPIED)
+            write_atomic_dir(target, copy, keep_existing=True)
 
 
 def result_row(one: ExperimentRun, results: Mapping[str, Any], seconds: float | None) -> dict:

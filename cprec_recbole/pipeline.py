@@ -202,6 +202,13 @@ def walk(spec: RunSpec, plugins: Plugins) -> tuple[PipelineRun, list[PlanEntry]]
     return run, entries
 
 
+def is_built(entries: list[PlanEntry]) -> bool:
+    """A walked run is built when its final stage is: that folder holds the run's result, and
+    its hash covers every stage before it. Those may be gone (pruned to free disk: a 7B SFT is
+    GBs) or never here (the final folder copied from the machine that built it)."""
+    return bool(entries) and entries[-1].state == "cached"
+
+
 def shared_folders(planned: Iterable[PipelineRun]) -> set[Path]:
     """The stage folders that two or more of the runs need."""
     counts = Counter(f for run in planned for f in set(run.folders.values()) if f is not None)

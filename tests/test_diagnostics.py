@@ -4,6 +4,7 @@ agreement of first picks with a reference model."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -123,6 +124,33 @@ def test_the_diagnostics_experiment_reports_embedding_arms_positions_and_agreeme
     assert fusion_main([folders["SASRec"], folders["LLaRA"], f"--out={fused}"]) == 0
     results = json.loads((fused / "results.json").read_text())
     assert results["test"]["users"] == 12 and 0 <= results["test"]["hr@1"] <= 1
+
+    # the report carries its LLM runs' eval folders; copied into a new output_dir (another
+    # machine's), they are those runs, built: the experiment there builds only SASRec
+    archived = folder / "stages"
+    evals = sorted(Path(f).name for f in rows["folder"] if Path(f).parent.name == "eval")
+    assert sorted(p.name for p in (archived / "eval").iterdir()) == evals and len(evals) == 6
+    fresh = saved.parent / "elsewhere"
+    shutil.copytree(archived, fresh)
+    assert (
+        main(
+            [
+                "--experiment=diagnostics",
+                "--dataset=Tiny",
+                "--seeds=1",
+                *args,
+                f"--output_dir={fresh}",
+            ]
+        )
+        == 0
+    )
+    assert not any(fresh.glob("sft/*")) and not any(fresh.glob("cpt/*"))
+    again = pd.read_csv(fresh / "experiments" / "diagnostics-Tiny" / "results.csv")
+    metrics = ["arm", "seed", "hr@1", "hr@5", "ndcg@5", "valid_ratio"]
+    assert again[metrics].equals(rows[metrics])
+    assert (fresh / "experiments" / "diagnostics-Tiny" / "report.md").read_text().count(
+        "| CPRec text-only | 12 |"
+    ) == 1
     assert compare_main([str(fused), folders["SASRec"], "--k", "1"]) == 0
     assert fusion_main([folders["SASRec"], folders["SASRec"], f"--out={saved / 'same'}"]) == 0
     same = pd.read_csv(saved / "same" / "test_ranks.tsv", sep="\t", dtype={"user_id": str})

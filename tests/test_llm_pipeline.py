@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -64,9 +65,9 @@ def test_llara_runs_end_to_end_and_its_stages_are_reused(llm_overrides, caplog):
     assert all(e["train_samples_per_s"] > 0 and e["peak_memory_mb"] > 0 for e in epochs)
     caplog.clear()
     again = run("LLaRA", "Tiny", overrides=llm_overrides)
-    assert again["test"] == first["test"]
-    for stage in ("data", "rec_model", "sft", "eval"):
-        assert f"stage {stage}: reusing" in caplog.text
+    assert again["test"] == first["test"] and again["stages"] == first["stages"]
+    assert "stage eval: reusing" in caplog.text and "the run's result" in caplog.text
+    assert "stage sft: reusing" not in caplog.text  # its result is read, nothing loaded
     caplog.clear()
     forced = run("LLaRA", "Tiny", overrides=llm_overrides, force=["eval"])
     assert "stage eval: building" in caplog.text and "stage sft: reusing" in caplog.text
@@ -78,6 +79,10 @@ def test_llara_runs_end_to_end_and_its_stages_are_reused(llm_overrides, caplog):
     caplog.clear()
     run("LLaRA", "Tiny", overrides={**llm_overrides, "score_rule": "distinct_prefix"})
     assert "stage eval: building" in caplog.text and "stage sft: reusing" in caplog.text
+    for stage in ("rec_model", "sft"):  # pruned, or the eval folder copied to a new machine
+        shutil.rmtree(first["stages"][stage])
+    pruned = run("LLaRA", "Tiny", overrides=llm_overrides)
+    assert pruned["test"] == first["test"] and not Path(first["stages"]["sft"]).exists()
 
 
 def test_sft_holdout_trains_on_the_targets_its_sasrec_never_saw(llm_overrides, plugins):
