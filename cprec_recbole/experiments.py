@@ -37,7 +37,7 @@ from cprec_recbole.pipeline import RunSpec, build_shared, is_built, walk
 from cprec_recbole.plugins import Plugins
 from cprec_recbole.results import markdown_table
 from cprec_recbole.run_config import RunConfig
-from cprec_recbole.stages import LOCK, read_manifest
+from cprec_recbole.stages import LOCK, MANIFEST, read_manifest
 
 EXPERIMENT_KEYS = ("description", "seeds", "runs", "metrics", "report", "figure", "reference", "x")
 RUN_KEYS = ("name", "model", "overrides", "seed_key", "line")
@@ -376,14 +376,21 @@ def built_rows(runs: list[ExperimentRun], plugins: Plugins) -> tuple[list[dict],
 
 def archive(finals: Iterable[str], into: Path) -> None:
     """Copy each run's final folder that is an ``ARCHIVED`` stage to ``into/<stage>/<hash>/``
-    (once), so the report carries its runs' per-user ranks: ``cp -rn <report>/stages/.
-    <output_dir>/`` on another machine makes those runs built there, for ``--report``,
-    ``compare`` and the experiment itself."""
+    (again where it was rebuilt since), so the report carries its runs' per-user ranks: ``cp
+    -rn <report>/stages/. <output_dir>/`` on another machine makes those runs built there, for
+    ``--report``, ``compare`` and the experiment itself."""
     for final in map(Path, finals):
         target = into / final.parent.name / final.name
-        if final.parent.name in ARCHIVED and not target.exists():
-            copy = partial(shutil.copytree, final, dirs_exist_ok=True, ignore=UNCOPIED)
-            write_atomic_dir(target, copy, keep_existing=True)
+        if final.parent.name not in ARCHIVED or _same_manifest(final, target):
+            continue
+        write_atomic_dir(
+            target, partial(shutil.copytree, final, dirs_exist_ok=True, ignore=UNCOPIED)
+        )
+
+
+def _same_manifest(folder: Path, other: Path) -> bool:
+    mine, theirs = folder / MANIFEST, other / MANIFEST
+    return theirs.is_file() and mine.read_bytes() == theirs.read_bytes()
 
 
 def result_row(one: ExperimentRun, results: Mapping[str, Any], seconds: float | None) -> dict:

@@ -16,6 +16,7 @@ from cprec_recbole.config_check import check_config
 from cprec_recbole.errors import ConfigError
 from cprec_recbole.experiments import (
     VALID_EVAL,
+    archive,
     cost_of,
     cost_table,
     figure,
@@ -358,3 +359,25 @@ def test_an_experiment_builds_its_shared_stages_before_its_runs(tmp_path, tiny_b
     saved = tmp_path / "saved"
     assert shared.parent == saved / "data" and (shared / "manifest.json").is_file()
     assert not (saved / "rec_model").exists()  # each run's own stage is left to the run
+
+
+def test_a_report_archives_eval_folders_once_again_when_rebuilt_and_no_model_folder(tmp_path):
+    saved = tmp_path / "saved"
+    evals, sasrec = saved / "eval" / "abc", saved / "rec_model" / "def"
+    for folder in (evals, sasrec):
+        folder.mkdir(parents=True)
+        (folder / "manifest.json").write_text('{"built": 1}')
+        (folder / ".lock").touch()
+    (evals / "test_ranks.tsv").write_text("user_id\trank\na\t0\n")
+    into = tmp_path / "report" / "stages"
+    archive([str(evals), str(sasrec)], into)
+    copied = into / "eval" / "abc"
+    assert sorted(p.name for p in copied.iterdir()) == ["manifest.json", "test_ranks.tsv"]
+    assert not (into / "rec_model").exists()  # a model's folder: its weights are loaded
+    (evals / "test_ranks.tsv").write_text("changed without a rebuild")
+    archive([str(evals)], into)
+    assert (copied / "test_ranks.tsv").read_text() == "user_id\trank\na\t0\n"  # same build
+    (evals / "manifest.json").write_text('{"built": 2}')  # rebuilt (--force=eval)
+    archive([str(evals)], into)
+    assert (copied / "test_ranks.tsv").read_text() == "changed without a rebuild"
+    assert list((into / "eval").iterdir()) == [copied]  # no temp folder left beside it
