@@ -48,9 +48,9 @@ DEFAULT_METRICS = ["hr@1", "hr@3", "hr@5", "ndcg@3", "ndcg@5", "valid_ratio"]
 #: over seeds): the split an experiment chooses its best LLM arm on, never the test split.
 VALID_EVAL = "valid hr@1 (eval_valid_users)"
 #: The final stages a report copies beside itself (:func:`archive`): those no other stage
-#: loads, results and ranks only (~0.5 MB per 1,000 users). An ID model's final stage holds the
-#: weights the LLM arms load, so a results-only copy could pass for a model; it rebuilds in
-#: minutes.
+#: loads, results and ranks only (~0.1 MB per 1,000 ranked users). An ID model's final stage
+#: holds the weights the LLM arms load, so a results-only copy could pass for a model; it
+#: rebuilds in minutes.
 ARCHIVED = ("eval",)
 UNCOPIED = shutil.ignore_patterns(LOCK)  # a lock belongs to this machine's processes
 
