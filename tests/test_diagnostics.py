@@ -91,7 +91,8 @@ def test_the_diagnostics_experiment_reports_embedding_arms_positions_and_agreeme
 ):
     given = {**cpt_overrides, **TINY_SIZES["SASRec"], "epochs": 1}
     args = [f"--{k}={json.dumps(v) if isinstance(v, dict | list) else v}" for k, v in given.items()]
-    assert main(["--experiment=diagnostics", "--dataset=Tiny", "--seeds=1", *args]) == 0
+    command = ["--experiment=diagnostics", "--dataset=Tiny", "--seeds=1", *args]
+    assert main(command) == 0
     folder = Path(cpt_overrides["output_dir"]) / "experiments" / "diagnostics-Tiny"
     assert f"report: {folder / 'report.md'}" in capsys.readouterr().out
     rows = pd.read_csv(folder / "results.csv")
@@ -124,6 +125,13 @@ def test_the_diagnostics_experiment_reports_embedding_arms_positions_and_agreeme
     assert fusion_main([folders["SASRec"], folders["LLaRA"], f"--out={fused}"]) == 0
     results = json.loads((fused / "results.json").read_text())
     assert results["test"]["users"] == 12 and 0 <= results["test"]["hr@1"] <= 1
+    assert compare_main([str(fused), folders["SASRec"], "--k", "1"]) == 0
+    assert fusion_main([folders["SASRec"], folders["SASRec"], f"--out={saved / 'same'}"]) == 0
+    same = pd.read_csv(saved / "same" / "test_ranks.tsv", sep="\t", dtype={"user_id": str})
+    sasrec = pd.read_csv(Path(folders["SASRec"]) / "test_ranks.tsv", sep="\t", dtype=str)
+    assert same.set_index("user_id")["rank"].astype(str).to_dict() == {
+        u: r for u, r in zip(sasrec["user_id"], sasrec["rank"], strict=True)
+    }  # fusing a model with itself keeps its ranking
 
     # the report carries its LLM runs' eval folders; copied into a new output_dir (another
     # machine's), they are those runs, built: the experiment there builds only SASRec
@@ -132,29 +140,12 @@ def test_the_diagnostics_experiment_reports_embedding_arms_positions_and_agreeme
     assert sorted(p.name for p in (archived / "eval").iterdir()) == evals and len(evals) == 6
     fresh = saved.parent / "elsewhere"
     shutil.copytree(archived, fresh)
-    assert (
-        main(
-            [
-                "--experiment=diagnostics",
-                "--dataset=Tiny",
-                "--seeds=1",
-                *args,
-                f"--output_dir={fresh}",
-            ]
-        )
-        == 0
-    )
+    assert main([*command, f"--output_dir={fresh}"]) == 0
     assert not any(fresh.glob("sft/*")) and not any(fresh.glob("cpt/*"))
     again = pd.read_csv(fresh / "experiments" / "diagnostics-Tiny" / "results.csv")
     metrics = ["arm", "seed", "hr@1", "hr@5", "ndcg@5", "valid_ratio"]
     assert again[metrics].equals(rows[metrics])
-    assert (fresh / "experiments" / "diagnostics-Tiny" / "report.md").read_text().count(
+    assert (
         "| CPRec text-only | 12 |"
-    ) == 1
-    assert compare_main([str(fused), folders["SASRec"], "--k", "1"]) == 0
-    assert fusion_main([folders["SASRec"], folders["SASRec"], f"--out={saved / 'same'}"]) == 0
-    same = pd.read_csv(saved / "same" / "test_ranks.tsv", sep="\t", dtype={"user_id": str})
-    sasrec = pd.read_csv(Path(folders["SASRec"]) / "test_ranks.tsv", sep="\t", dtype=str)
-    assert same.set_index("user_id")["rank"].astype(str).to_dict() == {
-        u: r for u, r in zip(sasrec["user_id"], sasrec["rank"], strict=True)
-    }  # fusing a model with itself keeps its ranking
+        in (fresh / "experiments" / "diagnostics-Tiny" / "report.md").read_text()
+    )
