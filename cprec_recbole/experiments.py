@@ -343,7 +343,7 @@ def _run_all(
     """Every run built (or reused) in order, the stages they share first: a row each."""
     from cprec_recbole.quick_start import run
 
-    build_shared([s for s in run_specs(runs) if not is_built(walk(s, plugins)[1])], plugins)
+    build_shared(run_specs(runs), plugins)
     rows = []
     progress = tqdm(runs, desc=f"experiment {experiment.name}", unit="run")
     for one in progress:
@@ -376,9 +376,9 @@ def built_rows(runs: list[ExperimentRun], plugins: Plugins) -> tuple[list[dict],
 
 def archive(finals: Iterable[str], into: Path) -> None:
     """Copy each run's final folder that is an ``ARCHIVED`` stage to ``into/<stage>/<hash>/``
-    (again where it was rebuilt since), so the report carries its runs' per-user ranks: ``cp
-    -rn <report>/stages/. <output_dir>/`` on another machine makes those runs built there, for
-    ``--report``, ``compare`` and the experiment itself."""
+    (again where it was rebuilt since), so the report carries its runs' per-user ranks: ``rsync
+    -a --ignore-existing <report>/stages/ <output_dir>/`` on another machine (README) makes
+    those runs built there, for ``--report``, ``compare`` and the experiment itself."""
     for final in map(Path, finals):
         target = into / final.parent.name / final.name
         if final.parent.name not in ARCHIVED or _same_manifest(final, target):

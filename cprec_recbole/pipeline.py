@@ -228,12 +228,15 @@ def plan_groups(runs: list[RunSpec], plugins: Plugins) -> list[tuple[str, list[P
 
 
 def build_shared(runs: list[RunSpec], plugins: Plugins, force: Iterable[str] = ()) -> set[Path]:
-    """Build, once and before the runs, every stage that two or more of them share: each run's
-    pipeline up to its last shared step, unless earlier runs built all its shared stages.
-    ``force`` rebuilds those stages here (once), not in every run. Returns the shared folders."""
-    plans = [walk(spec, plugins)[0] for spec in runs]
-    shared, built = shared_folders(plans), set()
-    for spec, planned in zip(runs, plans, strict=True):
+    """Build, once and before the runs, every stage that two or more of the runs still to build
+    share: each run's pipeline up to its last shared step, unless earlier runs built all its
+    shared stages. A built run (:func:`is_built`) needs none of them, unless ``force`` rebuilds
+    stages; those are rebuilt here (once), not in every run. Returns the shared folders."""
+    force = list(force)
+    walked = [(spec, *walk(spec, plugins)) for spec in runs]
+    todo = [(spec, planned) for spec, planned, entries in walked if force or not is_built(entries)]
+    shared, built = shared_folders(planned for _, planned in todo), set()
+    for spec, planned in todo:
         steps = [s for s in pipeline_of(planned.model_cls) if planned.folders.get(STEPS[s].stage)]
         mine = [s for s in steps if planned.folders[STEPS[s].stage] in shared]
         folders = {planned.folders[STEPS[s].stage] for s in mine}

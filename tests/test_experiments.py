@@ -343,7 +343,7 @@ def test_plan_of_an_experiment_lists_the_shared_stages_once_and_builds_nothing(
 
 def test_an_experiment_builds_its_shared_stages_before_its_runs(tmp_path, tiny_base, plugins):
     from cprec_recbole.command import build_config
-    from cprec_recbole.pipeline import RunSpec, build_shared
+    from cprec_recbole.pipeline import RunSpec, build_shared, run_pipeline
     from cprec_recbole.run_config import RunConfig
 
     base = {**tiny_base, **TINY_SIZES["SASRec"], "epochs": 1}
@@ -359,6 +359,13 @@ def test_an_experiment_builds_its_shared_stages_before_its_runs(tmp_path, tiny_b
     saved = tmp_path / "saved"
     assert shared.parent == saved / "data" and (shared / "manifest.json").is_file()
     assert not (saved / "rec_model").exists()  # each run's own stage is left to the run
+
+    for spec in specs:
+        run_pipeline(spec.model, spec.config, plugins)
+    shutil.rmtree(shared)
+    assert build_shared(specs, plugins) == set()  # built runs need no shared stage
+    assert not shared.exists()
+    assert build_shared(specs, plugins, force=["data"]) == {shared}  # unless one is forced
 
 
 def test_a_report_archives_eval_folders_once_again_when_rebuilt_and_no_model_folder(tmp_path):
