@@ -11,6 +11,7 @@ then each run the rest (a search's trials up to the step that validates).
 from __future__ import annotations
 
 import json
+import logging
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -21,6 +22,8 @@ from cprec_recbole.errors import ConfigError
 from cprec_recbole.plugins import Plugins
 from cprec_recbole.run_config import RunConfig
 from cprec_recbole.stages import PlanEntry, planning, read_manifest
+
+logger = logging.getLogger(__name__)
 
 #: The pipeline of a model class that declares none: a RecBole model, trained by the ID stage.
 ID_PIPELINE = ("data", "rec_model")
@@ -207,6 +210,22 @@ def is_built(entries: list[PlanEntry]) -> bool:
     its hash covers every stage before it. Those may be gone (pruned to free disk: a 7B SFT is
     GBs) or never here (the final folder copied from the machine that built it)."""
     return bool(entries) and entries[-1].state == "cached"
+
+
+def reuse_or_run(spec: RunSpec, plugins: Plugins, force: Iterable[str] = ()) -> PipelineRun:
+    """The run read from its final folder where it is built (:func:`is_built`; nothing before
+    it is loaded or needed, nor rebuilt where it was pruned), else run. ``force`` always runs."""
+    force = list(force)
+    if not force:
+        walked, entries = walk(spec, plugins)
+        if is_built(entries):
+            logger.info(
+                "stage %s: reusing %s, the run's result (the stages before it are not loaded)",
+                entries[-1].stage,
+                entries[-1].folder,
+            )
+            return walked
+    return run_pipeline(spec.model, spec.config, plugins, force, until=spec.until)
 
 
 def shared_folders(planned: Iterable[PipelineRun]) -> set[Path]:

@@ -17,10 +17,9 @@ from cprec_recbole.logs import setup_logging
 from cprec_recbole.pipeline import (
     PipelineRun,
     RunSpec,
-    is_built,
     plan_groups,
+    reuse_or_run,
     run_pipeline,
-    walk,
 )
 from cprec_recbole.plugins import Plugins
 from cprec_recbole.results import table
@@ -59,25 +58,9 @@ def run(
         chosen_overrides = {**(overrides or {}), **chosen, "tune": False}  # the chosen trial
         results = run(model, dataset, config_files, chosen_overrides, plugin_files)  # on test
         return {**results, "tune": record_choice(summary, results)}
-    results = None if force else built_results(model, config, plugins)
-    if results is None:
-        results = results_of(run_pipeline(model, config, plugins, force))
+    results = results_of(reuse_or_run(RunSpec(model, model, config), plugins, force))
     logger.info("results in %s\n%s", results["folder"], table(results))
     return results
-
-
-def built_results(model: str, config: RunConfig, plugins: Plugins) -> dict | None:
-    """The results of a run whose final stage is built (:func:`~cprec_recbole.pipeline.is_built`),
-    read without loading or needing the stages before it; None when it is not built."""
-    walked, entries = walk(RunSpec(model, model, config), plugins)
-    if not is_built(entries):
-        return None
-    logger.info(
-        "stage %s: reusing %s, the run's result (the stages before it are not loaded)",
-        entries[-1].stage,
-        entries[-1].folder,
-    )
-    return results_of(walked)
 
 
 def launch(config: RunConfig) -> None:

@@ -36,7 +36,7 @@ from cprec_recbole.io import write_json, write_text
 from cprec_recbole.pipeline import (
     RunSpec,
     build_shared,
-    run_pipeline,
+    reuse_or_run,
     valid_metrics,
     validating_step,
 )
@@ -102,7 +102,8 @@ def trial_metrics(point: dict, setup: dict) -> dict[str, float]:
         setup["model"], setup["dataset"], plugins, setup["config_files"], overrides
     )
     step = validating_step(plugins.models.get(setup["model"]))
-    run = run_pipeline(setup["model"], RunConfig(config), plugins, until=step)
+    spec = RunSpec(setup["model"], setup["model"], RunConfig(config), until=step)
+    run = reuse_or_run(spec, plugins)
     valid = valid_metrics(run, step)
     numbers = {f"valid_{k}": v for k, v in valid.items() if isinstance(v, int | float)}
     return {"score": selection_score(valid), **numbers}

@@ -17,7 +17,7 @@ from cprec_recbole.compat import load_checkpoint
 from cprec_recbole.llm.prompts import render
 from cprec_recbole.llm.sft import hybrid_probability
 from cprec_recbole.models.morec import MoRec
-from cprec_recbole.pipeline import run_pipeline
+from cprec_recbole.pipeline import RunSpec, reuse_or_run, run_pipeline, valid_metrics
 from cprec_recbole.quick_start import run
 from tests.reported_metrics import assert_metrics_follow_from_ranks
 
@@ -79,8 +79,13 @@ def test_llara_runs_end_to_end_and_its_stages_are_reused(llm_overrides, caplog):
     caplog.clear()
     run("LLaRA", "Tiny", overrides={**llm_overrides, "score_rule": "distinct_prefix"})
     assert "stage eval: building" in caplog.text and "stage sft: reusing" in caplog.text
-    for stage in ("rec_model", "sft"):  # pruned, or the eval folder copied to a new machine
-        shutil.rmtree(first["stages"][stage])
+    shutil.rmtree(first["stages"]["rec_model"])  # pruned, or the eval folder copied elsewhere
+    config, plugins, _ = setup("LLaRA", "Tiny", overrides=llm_overrides)
+    trial = RunSpec("a search's trial: up to the step it validates", "LLaRA", config, until="sft")
+    valid = json.loads(sft.read_text())["metrics"]["best_valid"]
+    assert valid_metrics(reuse_or_run(trial, plugins), "sft") == valid
+    assert not Path(first["stages"]["rec_model"]).exists()  # read, not rebuilt
+    shutil.rmtree(first["stages"]["sft"])
     pruned = run("LLaRA", "Tiny", overrides=llm_overrides)
     assert pruned["test"] == first["test"] and not Path(first["stages"]["sft"]).exists()
 
