@@ -172,6 +172,16 @@ def overrides_for(overrides: Mapping[str, Any], readers: Mapping[str, set], arm:
     return {k: v for k, v in overrides.items() if k in readers[arm] or k not in anyone}
 
 
+def arm_hits(table: pd.DataFrame, arms: list[str], carried: list[str]) -> dict[str, pd.Series]:
+    """Per-user hits@1 (mean over seeds) of each arm whose every run was read from a folder
+    here: an arm with a run carried from an earlier results.csv has no per-user ranks."""
+    away = set(table.loc[table["folder"].isin(carried), "arm"])
+    folders = table.groupby("arm", sort=False)["folder"]
+    return {
+        a: mean_hits([Path(f) for f in folders.get_group(a)], k=1) for a in arms if a not in away
+    }
+
+
 def shared_hr1(hits: Mapping[str, pd.Series]) -> pd.Series | None:
     """HR@1 of each arm on the users every arm scored, where the arms scored different users
     (``--eval_users`` samples the LLM arms' users; ID models score all): None where all agree."""
@@ -293,10 +303,11 @@ def run_experiment(
     name, seeds = experiment.name, 1 + max(one.seed for one in runs)
     folder = Path(runs[0].config["output_dir"]) / "experiments" / f"{name}-{dataset}"
     start = time.time()
+    carried: list[str] = []
     if build:
         rows, pending = _run_all(experiment, runs, dataset, plugins), []
     else:
-        rows, pending = built_rows(runs, plugins)
+        rows, pending, carried = built_rows(runs, plugins, earlier_rows(folder / "results.csv"))
     if not rows:
         raise ConfigError(
             f"experiment {name}: no run is built yet, so there is nothing to report; run it "
@@ -304,14 +315,13 @@ def run_experiment(
         )
     table = pd.DataFrame(rows)
     write_atomic(folder / "results.csv", lambda tmp: table.to_csv(tmp, index=False))
-    archive(table["folder"], folder / "stages")
+    here = table[~table["folder"].isin(carried)]
+    archive(here["folder"], folder / "stages")
     built = set(table["arm"])
     arms = [a.name for a in experiment.arms if a.name in built]
     summary = summary_table(table, experiment.metrics, arms)
-    hits = {
-        a: mean_hits([Path(f) for f in table.loc[table["arm"] == a, "folder"]], k=1) for a in arms
-    }
-    shared = shared_hr1(hits)
+    hits = arm_hits(table, arms, carried)
+    shared = shared_hr1(hits) if hits else None
     if shared is not None:
         summary[shared.name] = shared
     valid = valid_eval_hr1(table, arms)
@@ -319,10 +329,19 @@ def run_experiment(
         summary[VALID_EVAL] = valid
     best = summary["hr@1 mean"].idxmax()
     summary["p vs best (hits@1)"] = [
-        paired_test(hits[best], hits[a]) if a != best else None for a in arms
+        paired_test(hits[best], hits[a]) if a != best and best in hits and a in hits else None
+        for a in arms
     ]
     write_atomic(folder / "summary.csv", lambda tmp: summary.to_csv(tmp))
-    report = render_report(experiment, dataset, summary, table, best, seeds, time.time() - start)
+    seconds = time.time() - start
+    report = render_report(experiment, dataset, summary, table, best, seeds, seconds, carried)
+    if carried:
+        report += (
+            f"\nRead from the earlier results.csv: {len(carried)} of {len(runs)} runs, whose final "
+            "folder is not on this machine (their arms have no paired test: the per-user ranks "
+            "are in that folder):\n\n"
+        )
+        report += "".join(f"- {line}\n" for line in carried_lines(table, carried))
     if pending:
         report += (
             f"\nNot built yet ({len(pending)} of {len(runs)} runs; this report was written by "
@@ -356,22 +375,48 @@ def _run_all(
     return rows
 
 
-def built_rows(runs: list[ExperimentRun], plugins: Plugins) -> tuple[list[dict], list[str]]:
+def built_rows(
+    runs: list[ExperimentRun], plugins: Plugins, earlier: Mapping[str, dict]
+) -> tuple[list[dict], list[str], list[str]]:
     """The rows of the built runs (:func:`~cprec_recbole.pipeline.is_built`), read from their
-    final folders (nothing is built, and a stage another process is building is left alone),
-    and for each other run a line naming its stages that are not built yet, as ``--plan``
-    would."""
+    final folders (nothing is built, and a stage another process is building is left alone);
+    the rows ``earlier`` holds for runs whose final folder is not here (:func:`earlier_rows`);
+    for each other run a line naming its stages that are not built yet, as ``--plan`` would;
+    and the folders of the rows carried from ``earlier``."""
     from cprec_recbole.quick_start import results_of
 
-    rows, pending = [], []
+    rows, pending, carried = [], [], []
     for one, spec in zip(runs, run_specs(runs), strict=True):
         walked, entries = walk(spec, plugins)
+        final = f"{entries[-1].stage}/{entries[-1].hash}"
         if is_built(entries):
             rows.append(result_row(one, results_of(walked), None))
+        elif final in earlier:
+            row = {**earlier[final], "arm": one.arm.name, "model": one.arm.model}
+            rows.append({**row, "seed": one.seed, "seconds": None})
+            carried.append(row["folder"])
         else:
             left = [f"{e.stage} {e.hash} {e.state}" for e in entries if e.state != "cached"]
             pending.append(f"{spec.label}: {'; '.join(left)}")
-    return rows, pending
+    return rows, pending, carried
+
+
+def earlier_rows(path: Path) -> dict[str, dict]:
+    """The rows of an earlier ``results.csv`` by final stage (``eval/<hash>``), so a report
+    keeps a run it once reported while that folder is not on this machine: a new machine starts
+    without ``saved/``, and a stage's hash names the same run wherever it is built (rebuilt
+    folders have been bit-identical). Copy a committed results.csv into the experiment folder
+    to carry its runs. Rows read back as written; none where there is no such file."""
+    if not path.is_file():
+        return {}
+    table = pd.read_csv(path).astype(object)
+    rows = table.where(table.notna(), None).to_dict("records")
+    return {"/".join(Path(row["folder"]).parts[-2:]): row for row in rows}
+
+
+def carried_lines(table: pd.DataFrame, carried: list[str]) -> list[str]:
+    rows = table[table["folder"].isin(carried)]
+    return [f"{r.arm} seed {r.seed}: {r.folder}" for r in rows.itertuples()]
 
 
 def archive(finals: Iterable[str], into: Path) -> None:
@@ -460,8 +505,10 @@ def render_report(
     best: str,
     seeds: int,
     seconds: float,
+    carried: Iterable[str] = (),
 ) -> str:
-    """report.md: the paper-style table (mean ± std over seeds, best in bold, p vs best)."""
+    """report.md: the paper-style table (mean ± std over seeds, best in bold, p vs best); the
+    diagnostics read the per-user ranks of the runs built here (not the ``carried`` folders)."""
     metrics = [m for m in experiment.metrics if f"{m} mean" in summary.columns]
     extra = [c for c in summary.columns if c.startswith("hr@1 (") or c == VALID_EVAL]
     header = ["model", *metrics, *extra, "seeds", "p vs best"]
@@ -491,7 +538,7 @@ def render_report(
     if experiment.report == "cost":
         lines += ["", "Cost per run (mean over seeds):", "", cost_table(rows)]
     if experiment.report == "diagnostics":
-        arms = rows.groupby("arm", sort=False)["folder"]
+        arms = rows[~rows["folder"].isin(list(carried))].groupby("arm", sort=False)["folder"]
         folders = {arm: [Path(f) for f in group] for arm, group in arms}
         lines += diagnostics_section(folders, str(experiment.reference))
     return "\n".join(lines) + "\n"

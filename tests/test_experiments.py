@@ -277,6 +277,17 @@ def test_report_of_a_partly_built_experiment_builds_nothing_and_names_the_rest(
     assert not unbuilt.exists()  # nothing was built
     rows = pd.read_csv(folder / "results.csv")
     assert rows["seconds"].isna().all()  # read, not run
+    # the earlier results.csv holds the run whose folder is gone: the report keeps its row
+    assert rows.drop(columns="seconds").equals(full.drop(columns="seconds"))
+    report = (folder / "report.md").read_text()
+    gru4rec = next(line for line in report.splitlines() if line.startswith("| GRU4Rec |"))
+    assert gru4rec.endswith(" | 2 | - |")  # both seeds, no paired test without its ranks
+    assert "results.csv: 1 of 4 runs, whose final folder is not on this machine" in report
+    assert f"- GRU4Rec seed 1: {unbuilt}\n" in report and "Not built yet" not in report
+    (folder / "results.csv").unlink()  # a machine without the earlier report
+    assert main([*command, "--report"]) == 0
+    rows = pd.read_csv(folder / "results.csv")
+    assert rows["seconds"].isna().all()  # read, not run
     assert rows.drop(columns="seconds").equals(full[~last].drop(columns="seconds"))
     report = (folder / "report.md").read_text()
     gru4rec = next(line for line in report.splitlines() if line.startswith("| GRU4Rec |"))
