@@ -144,16 +144,20 @@ def load_experiment(name: str, path: Path, models: Iterable[str]) -> Experiment:
 
 
 def _check_x(path: Path, x: Any, arms: list[Arm]) -> None:
-    """A ``lines`` figure plots each arm at its value of the override ``x`` on a log axis:
-    every arm sets it to a positive number."""
+    """A ``lines`` figure plots each arm at its value of the override ``x`` on a log axis: an
+    arm that sets it sets a positive number; one that does not is a reference level (SASRec
+    beside the LLMs' learning curve), and at least one arm sets it."""
     if not isinstance(x, str):
         raise ConfigError(f"{path}: figure lines needs 'x:', the override on the x axis")
-    for arm in arms:
-        value = arm.overrides.get(x)
+    for arm in (a for a in arms if x in a.overrides):
+        value = arm.overrides[x]
         if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
             raise ConfigError(
-                f"{path}: run {arm.name} must set {x} to a positive number for the x axis"
+                f"{path}: run {arm.name} must set {x} to a positive number for the x axis "
+                "(or leave it out to be drawn as a reference level)"
             )
+    if all(x not in a.overrides for a in arms):
+        raise ConfigError(f"{path}: figure lines needs a run that sets {x}, the x axis")
 
 
 def arm_overrides(arm: Arm, base: Mapping[str, Any], seed_index: int, base_seed: int) -> dict:
@@ -180,6 +184,16 @@ def arm_hits(table: pd.DataFrame, arms: list[str], carried: list[str]) -> dict[s
     return {
         a: mean_hits([Path(f) for f in folders.get_group(a)], k=1) for a in arms if a not in away
     }
+
+
+def comparable_hr1(summary: pd.DataFrame) -> pd.Series:
+    """Each arm's HR@1 on the users every arm ranked where the summary has that column (an ID
+    model ranks all users, the LLM arms ``eval_users`` of them), else (an arm carried from an
+    earlier results.csv, or no such column) its mean over its own users: what the best arm is
+    chosen by and a figure's level shows."""
+    hr1 = summary["hr@1 mean"]
+    shared = next((c for c in summary.columns if c.startswith("hr@1 (")), None)
+    return hr1 if shared is None else summary[shared].astype(float).fillna(hr1)
 
 
 def shared_hr1(hits: Mapping[str, pd.Series]) -> pd.Series | None:
@@ -327,7 +341,7 @@ def run_experiment(
     valid = valid_eval_hr1(table, arms)
     if valid is not None:
         summary[VALID_EVAL] = valid
-    best = summary["hr@1 mean"].idxmax()
+    best = comparable_hr1(summary).idxmax()
     summary["p vs best (hits@1)"] = [
         paired_test(hits[best], hits[a]) if a != best and best in hits and a in hits else None
         for a in arms
@@ -577,13 +591,15 @@ def figure(summary: pd.DataFrame, path: Path, title: str, experiment: Experiment
     import matplotlib.pyplot as plt
 
     wide = experiment.figure != "lines"
-    fig, ax = plt.subplots(figsize=(1.2 * len(summary) + 2 if wide else 6.5, 3.5))
+    fig, ax = plt.subplots(figsize=(1.2 * len(summary) + 2 if wide else 9, 3.5))
     mean, std = summary["hr@1 mean"], summary["hr@1 std"].fillna(0)
     if experiment.figure == "bars":
         ax.bar(summary.index, mean, yerr=std, capsize=4, color="#4878a8")
     elif experiment.figure == "curve":
         ax.errorbar(summary.index, mean, yerr=std, marker="o", capsize=4, color="#4878a8")
     else:
+        for arm, level in reference_levels(summary, experiment).items():
+            ax.axhline(level, linestyle="--", color="#777777", label=arm)
         lines = lines_of(experiment, summary.index)
         for line, arms in lines.items():
             points = sorted((arm.overrides[experiment.x], arm.name) for arm in arms)
@@ -594,7 +610,7 @@ def figure(summary: pd.DataFrame, path: Path, title: str, experiment: Experiment
         ax.set_xticks(ticks, [f"{t:,}" for t in ticks])
         ax.minorticks_off()
         ax.set_xlabel(str(experiment.x))
-        ax.legend()
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize="small")  # off the lines
     ax.set_ylabel("test HR@1")
     ax.set_title(title)
     fig.tight_layout()
@@ -603,10 +619,18 @@ def figure(summary: pd.DataFrame, path: Path, title: str, experiment: Experiment
 
 
 def lines_of(experiment: Experiment, names: Iterable[str]) -> dict[str, list[Arm]]:
-    """The arms of each line (an arm's ``line``, else its model) among ``names`` (those built),
-    in the experiment's order: one line of a ``lines`` figure each."""
+    """The arms of each line (an arm's ``line``, else its model) among ``names`` (those built)
+    that set ``x``, in the experiment's order: one line of a ``lines`` figure each."""
     wanted = set(names)
     lines: dict[str, list[Arm]] = {}
-    for arm in (a for a in experiment.arms if a.name in wanted):
+    for arm in (a for a in experiment.arms if a.name in wanted and experiment.x in a.overrides):
         lines.setdefault(arm.line or arm.model, []).append(arm)
     return lines
+
+
+def reference_levels(summary: pd.DataFrame, experiment: Experiment) -> dict[str, float]:
+    """HR@1 (:func:`comparable_hr1`) of each built arm that does not set ``x``: a level across
+    a ``lines`` figure."""
+    hr1 = comparable_hr1(summary)
+    plain = [a.name for a in experiment.arms if experiment.x not in a.overrides]
+    return {arm: float(hr1[arm]) for arm in plain if arm in summary.index}

@@ -17,6 +17,7 @@ from cprec_recbole.errors import ConfigError
 from cprec_recbole.experiments import (
     VALID_EVAL,
     archive,
+    comparable_hr1,
     cost_of,
     cost_table,
     figure,
@@ -24,6 +25,7 @@ from cprec_recbole.experiments import (
     load_experiment,
     overrides_for,
     paired_test,
+    reference_levels,
     shared_hr1,
     train_seconds,
     valid_eval_hr1,
@@ -93,6 +95,7 @@ def test_every_builtin_experiment_loads_and_names_registered_models(plugins):
             "figure: lines\nx: epochs\nruns:\n  - {model: SASRec, overrides: {epochs: all}}\n",
             "run SASRec must set epochs to a positive number",
         ),
+        ("figure: lines\nx: epochs\nruns:\n  - {model: SASRec}\n", "a run that sets epochs"),
     ],
 )
 def test_experiment_yaml_errors_name_the_bad_key(tmp_path, text, message):
@@ -118,11 +121,17 @@ def test_the_learning_curve_draws_two_recipes_of_llara_and_cprec_at_the_same_siz
             "CPRec, item tokens over MoRec",
         )
     }
-    built = [a.name for a in curve.arms if a.overrides["sft_samples"] < 11307]
+    built = [a.name for a in curve.arms if a.overrides.get("sft_samples", 0) < 11307]
     assert lines_of(curve, built)["CPRec"] == [a for a in lines["CPRec"] if a.name in built]
+    assert built[0] == "SASRec" and len(built) == 9  # SASRec sets no samples: a level
     summary = pd.DataFrame(
-        {"hr@1 mean": [0.1, 0.15, 0.2, 0.25] * 2, "hr@1 std": [0.01] * 8}, index=built
+        {"hr@1 mean": [0.27] + [0.1, 0.15, 0.2, 0.25] * 2, "hr@1 std": [0.01] * 9}, index=built
     )
+    assert reference_levels(summary, curve) == {"SASRec": 0.27}
+    assert comparable_hr1(summary).idxmax() == "SASRec"
+    summary["hr@1 (1000 shared users)"] = [0.24] + [None] * 8  # SASRec on the LLMs' users
+    assert reference_levels(summary, curve) == {"SASRec": 0.24}
+    assert comparable_hr1(summary).idxmax() == "CPRec item tokens 768"  # the best, 0.25 > 0.24
     figure(summary, tmp_path / "curve.png", "learning curve", curve)  # the lines built so far
     assert (tmp_path / "curve.png").stat().st_size > 1000
 
