@@ -53,7 +53,8 @@ def ray_address():
     command += [f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=2"]
     command += ["--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp}"]
     command += ["--object-store-memory=200000000"]
-    head = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = {**os.environ, "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"}  # SIGTERM waited 30 s
+    head = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 90
     while not answers(("127.0.0.1", port)) and time.monotonic() < deadline:
         time.sleep(0.5)
