@@ -341,14 +341,17 @@ def run_experiment(
     valid = valid_eval_hr1(table, arms)
     if valid is not None:
         summary[VALID_EVAL] = valid
-    best = comparable_hr1(summary).idxmax()
+    hr1 = comparable_hr1(summary)
+    best = hr1.idxmax()
+    anchor = hr1[list(hits)].idxmax() if hits else None  # the best arm whose ranks are here
     summary["p vs best (hits@1)"] = [
-        paired_test(hits[best], hits[a]) if a != best and best in hits and a in hits else None
-        for a in arms
+        paired_test(hits[anchor], hits[a]) if a != anchor and a in hits else None for a in arms
     ]
     write_atomic(folder / "summary.csv", lambda tmp: summary.to_csv(tmp))
     seconds = time.time() - start
-    report = render_report(experiment, dataset, summary, table, best, seeds, seconds, carried)
+    report = render_report(
+        experiment, dataset, summary, table, (best, anchor), seeds, seconds, carried
+    )
     if carried:
         report += (
             f"\nRead from the earlier results.csv: {len(carried)} of {len(runs)} runs, whose final "
@@ -516,13 +519,23 @@ def render_report(
     dataset: str,
     summary: pd.DataFrame,
     rows: pd.DataFrame,
-    best: str,
+    best: tuple[str, str | None],
     seeds: int,
     seconds: float,
     carried: Iterable[str] = (),
 ) -> str:
-    """report.md: the paper-style table (mean ± std over seeds, best in bold, p vs best); the
-    diagnostics read the per-user ranks of the runs built here (not the ``carried`` folders)."""
+    """report.md: the paper-style table (mean ± std over seeds, ``best[0]`` in bold, p vs
+    ``best[1]``, the best arm whose per-user ranks are here, the same unless the best was
+    carried from an earlier results.csv); the diagnostics read the runs built here."""
+    best, anchor = best
+    against = f"against the best arm, **{best}**"
+    if anchor is None:
+        against = f"(none here: every arm was read from an earlier results.csv; best **{best}**)"
+    elif anchor != best:
+        against = (
+            f"against the best arm whose per-user ranks are here, {anchor} (the best, **{best}**, "
+            "was read from an earlier results.csv)"
+        )
     metrics = [m for m in experiment.metrics if f"{m} mean" in summary.columns]
     extra = [c for c in summary.columns if c.startswith("hr@1 (") or c == VALID_EVAL]
     header = ["model", *metrics, *extra, "seeds", "p vs best"]
@@ -534,7 +547,7 @@ def render_report(
         (
             f"Seeds: {seeds} (deterministic arms run once); {len(rows)} runs, {seconds:.0f} s "
             "(cached stages reused). p: paired t-test of per-user hits@1 (mean over seeds) "
-            f"against the best arm, **{best}**; * marks p < 0.05."
+            f"{against}; * marks p < 0.05."
         ),
         "",
         "| " + " | ".join(header) + " |",

@@ -26,7 +26,9 @@ from cprec_recbole.experiments import (
     overrides_for,
     paired_test,
     reference_levels,
+    render_report,
     shared_hr1,
+    summary_table,
     train_seconds,
     valid_eval_hr1,
 )
@@ -134,6 +136,20 @@ def test_the_learning_curve_draws_two_recipes_of_llara_and_cprec_at_the_same_siz
     assert comparable_hr1(summary).idxmax() == "CPRec item tokens 768"  # the best, 0.25 > 0.24
     figure(summary, tmp_path / "curve.png", "learning curve", curve)  # the lines built so far
     assert (tmp_path / "curve.png").stat().st_size > 1000
+
+
+def test_a_report_whose_best_arm_was_carried_tests_against_the_best_arm_ranked_here(tmp_path):
+    path = tmp_path / "x.yaml"
+    path.write_text("runs:\n  - {model: SASRec}\n  - {model: GRU4Rec}\n")
+    experiment = load_experiment("x", path, MODELS)
+    rows = pd.DataFrame({"arm": ["SASRec", "GRU4Rec"], "hr@1": [0.3, 0.4], "folder": ["a", "b"]})
+    summary = summary_table(rows, ["hr@1"], ["SASRec", "GRU4Rec"])
+    summary["p vs best (hits@1)"] = [None, None]
+    report = render_report(experiment, "Tiny", summary, rows, ("GRU4Rec", "SASRec"), 1, 0.0, ["b"])
+    assert "ranks are here, SASRec (the best, **GRU4Rec**, was read from an earlier" in report
+    assert "| **GRU4Rec** | 0.4000 | 1 | - |" in report
+    alone = render_report(experiment, "Tiny", summary, rows, ("GRU4Rec", "GRU4Rec"), 1, 0.0)
+    assert "against the best arm, **GRU4Rec**;" in alone
 
 
 def test_valid_hr1_of_the_arms_that_ranked_valid_users_is_their_mean_over_seeds():
