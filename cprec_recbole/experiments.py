@@ -329,24 +329,8 @@ def run_experiment(
         )
     table = pd.DataFrame(rows)
     write_atomic(folder / "results.csv", lambda tmp: table.to_csv(tmp, index=False))
-    here = table[~table["folder"].isin(carried)]
-    archive(here["folder"], folder / "stages")
-    built = set(table["arm"])
-    arms = [a.name for a in experiment.arms if a.name in built]
-    summary = summary_table(table, experiment.metrics, arms)
-    hits = arm_hits(table, arms, carried)
-    shared = shared_hr1(hits) if hits else None
-    if shared is not None:
-        summary[shared.name] = shared
-    valid = valid_eval_hr1(table, arms)
-    if valid is not None:
-        summary[VALID_EVAL] = valid
-    hr1 = comparable_hr1(summary)
-    best = hr1.idxmax()
-    anchor = hr1[list(hits)].idxmax() if hits else None  # the best arm whose ranks are here
-    summary["p vs best (hits@1)"] = [
-        paired_test(hits[anchor], hits[a]) if a != anchor and a in hits else None for a in arms
-    ]
+    archive(table.loc[~table["folder"].isin(carried), "folder"], folder / "stages")
+    summary, best, anchor = summarise(table, experiment, carried)
     write_atomic(folder / "summary.csv", lambda tmp: summary.to_csv(tmp))
     seconds = time.time() - start
     report = render_report(
@@ -371,6 +355,29 @@ def run_experiment(
         report += f"\n![{name}]({name}.png)\n"
     write_text(folder / "report.md", report)
     return folder
+
+
+def summarise(
+    table: pd.DataFrame, experiment: Experiment, carried: list[str]
+) -> tuple[pd.DataFrame, str, str | None]:
+    """Per arm (in the experiment's order): the metrics' mean and std over seeds, HR@1 on the
+    users every arm ranked, valid HR@1 where ranked, and p of the paired test against the best
+    arm whose per-user ranks are here; with the best arm and that one (None: no ranks here)."""
+    arms = [a.name for a in experiment.arms if a.name in set(table["arm"])]
+    summary = summary_table(table, experiment.metrics, arms)
+    hits = arm_hits(table, arms, carried)
+    shared = shared_hr1(hits) if hits else None
+    if shared is not None:
+        summary[shared.name] = shared
+    valid = valid_eval_hr1(table, arms)
+    if valid is not None:
+        summary[VALID_EVAL] = valid
+    hr1 = comparable_hr1(summary)
+    anchor = hr1[list(hits)].idxmax() if hits else None
+    summary["p vs best (hits@1)"] = [
+        paired_test(hits[anchor], hits[a]) if a != anchor and a in hits else None for a in arms
+    ]
+    return summary, hr1.idxmax(), anchor
 
 
 def _run_all(
