@@ -433,9 +433,17 @@ def earlier_rows(path: Path) -> dict[str, dict]:
     to carry its runs. Rows read back as written; none where there is no such file."""
     if not path.is_file():
         return {}
-    table = pd.read_csv(path).astype(object)
+    try:
+        table = pd.read_csv(path).astype(object)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{path}: not a results.csv ({error}); restore or delete it") from None
+    missing = {"arm", "seed", "hr@1", "folder"} - set(table.columns)
+    if missing:
+        raise ConfigError(
+            f"{path}: a results.csv needs the columns {sorted(missing)}; restore or delete it"
+        )
     rows = table.where(table.notna(), None).to_dict("records")
-    return {"/".join(Path(row["folder"]).parts[-2:]): row for row in rows}
+    return {"/".join(Path(str(row["folder"])).parts[-2:]): row for row in rows}
 
 
 def carried_lines(table: pd.DataFrame, carried: list[str]) -> list[str]:

@@ -20,6 +20,7 @@ from cprec_recbole.experiments import (
     comparable_hr1,
     cost_of,
     cost_table,
+    earlier_rows,
     figure,
     lines_of,
     load_experiment,
@@ -150,6 +151,23 @@ def test_a_report_whose_best_arm_was_carried_tests_against_the_best_arm_ranked_h
     assert "| **GRU4Rec** | 0.4000 | 1 | - |" in report
     alone = render_report(experiment, "Tiny", summary, rows, ("GRU4Rec", "GRU4Rec"), 1, 0.0)
     assert "against the best arm, **GRU4Rec**;" in alone
+
+
+def test_an_earlier_results_csv_that_is_not_one_is_named_with_what_to_do(tmp_path):
+    path = tmp_path / "results.csv"
+    assert earlier_rows(path) == {}
+    path.write_text("arm,seed,hr@1,folder\nSASRec,0,0.25,saved/rec_model/abc\n")
+    assert earlier_rows(path)["rec_model/abc"]["hr@1"] == 0.25
+    path.write_text("arm,seed\nSASRec,0\n")
+    with pytest.raises(
+        ConfigError, match=r"results.csv: a results.csv needs the columns \['folder', 'hr@1'\]"
+    ):
+        earlier_rows(path)
+    path.write_bytes(b"")
+    with pytest.raises(
+        ConfigError, match="results.csv: not a results.csv .*; restore or delete it"
+    ):
+        earlier_rows(path)
 
 
 def test_valid_hr1_of_the_arms_that_ranked_valid_users_is_their_mean_over_seeds():
