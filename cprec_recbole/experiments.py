@@ -7,9 +7,10 @@ Experiments are YAML files (``properties/experiments/*.yaml``; plugins add their
 interrupted experiment picks up from its finished stages; the stages two or more runs share (one
 CPT for every SFT seed, one SASRec for every LLaRA arm) are found by walking every run's pipeline
 without building, and built once before the runs (``--plan`` lists them once); ``--report``
-builds nothing and reports the runs already built, naming the rest. The best arm (mean test
-hr@1) is compared with each other arm by the paired t-test of per-user hits@1 (averaged over
-seeds), marked where p < 0.05.
+builds nothing and reports the runs already built (and those an earlier results.csv holds whose
+folders are elsewhere), naming the rest. The best arm (test hr@1 on the users every arm ranked)
+is compared with each other arm by the paired t-test of per-user hits@1 (averaged over seeds),
+marked where p < 0.05.
 """
 
 from __future__ import annotations
