@@ -335,27 +335,30 @@ def run_experiment(
     write_atomic(folder / "summary.csv", lambda tmp: summary.to_csv(tmp))
     seconds = time.time() - start
     report = render_report(
-        experiment, dataset, summary, table, (best, anchor), seeds, seconds, carried
+        experiment, dataset, summary, table, best, anchor, seeds, seconds, carried
     )
-    if carried:
-        report += (
-            f"\nRead from the earlier results.csv: {len(carried)} of {len(runs)} runs, whose final "
-            "folder is not on this machine (their arms have no paired test: the per-user ranks "
-            "are in that folder):\n\n"
-        )
-        report += "".join(f"- {line}\n" for line in carried_lines(table, carried))
-    if pending:
-        report += (
-            f"\nNot built yet ({len(pending)} of {len(runs)} runs; this report was written by "
-            "`--report` from the others, and the same command without `--report` builds them):\n\n"
-        )
-        report += "".join(f"- {line}\n" for line in pending)
+    report += _listed(
+        f"Read from the earlier results.csv: {len(carried)} of {len(runs)} runs, whose final "
+        "folder is not on this machine (their arms have no paired test: the per-user ranks "
+        "are in that folder)",
+        carried_lines(table, carried),
+    )
+    report += _listed(
+        f"Not built yet ({len(pending)} of {len(runs)} runs; this report was written by "
+        "`--report` from the others, and the same command without `--report` builds them)",
+        pending,
+    )
     if experiment.figure:
         title = f"{name} on {dataset}: test HR@1"
         figure(summary, folder / f"{name}.png", title, experiment)
         report += f"\n![{name}]({name}.png)\n"
     write_text(folder / "report.md", report)
     return folder
+
+
+def _listed(heading: str, lines: list[str]) -> str:
+    """A report's appendix: the heading and a bullet per line; nothing where there is none."""
+    return f"\n{heading}:\n\n" + "".join(f"- {line}\n" for line in lines) if lines else ""
 
 
 def summarise(
@@ -535,15 +538,15 @@ def render_report(
     dataset: str,
     summary: pd.DataFrame,
     rows: pd.DataFrame,
-    best: tuple[str, str | None],
+    best: str,
+    anchor: str | None,
     seeds: int,
     seconds: float,
     carried: Iterable[str] = (),
 ) -> str:
-    """report.md: the paper-style table (mean ± std over seeds, ``best[0]`` in bold, p vs
-    ``best[1]``, the best arm whose per-user ranks are here, the same unless the best was
-    carried from an earlier results.csv); the diagnostics read the runs built here."""
-    best, anchor = best
+    """report.md: the paper-style table (mean ± std over seeds, ``best`` in bold, p vs
+    ``anchor``, the best arm whose per-user ranks are here, the same unless the best was
+    carried from an earlier results.csv); the diagnostics read the runs ranked here."""
     against = f"against the best arm, **{best}**"
     if anchor is None:
         against = f"(none here: every arm was read from an earlier results.csv; best **{best}**)"

@@ -146,10 +146,10 @@ def test_a_report_whose_best_arm_was_carried_tests_against_the_best_arm_ranked_h
     rows = pd.DataFrame({"arm": ["SASRec", "GRU4Rec"], "hr@1": [0.3, 0.4], "folder": ["a", "b"]})
     summary = summary_table(rows, ["hr@1"], ["SASRec", "GRU4Rec"])
     summary["p vs best (hits@1)"] = [None, None]
-    report = render_report(experiment, "Tiny", summary, rows, ("GRU4Rec", "SASRec"), 1, 0.0, ["b"])
+    report = render_report(experiment, "Tiny", summary, rows, "GRU4Rec", "SASRec", 1, 0.0, ["b"])
     assert "ranks are here, SASRec (the best, **GRU4Rec**, was read from an earlier" in report
     assert "| **GRU4Rec** | 0.4000 | 1 | - |" in report
-    alone = render_report(experiment, "Tiny", summary, rows, ("GRU4Rec", "GRU4Rec"), 1, 0.0)
+    alone = render_report(experiment, "Tiny", summary, rows, "GRU4Rec", "GRU4Rec", 1, 0.0)
     assert "against the best arm, **GRU4Rec**;" in alone
 
 
