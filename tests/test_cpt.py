@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -19,11 +20,13 @@ from cprec_recbole.errors import ConfigError
 from cprec_recbole.llm.backbone import add_lora
 from cprec_recbole.llm.cpt import VARIANTS, cpt_plan, length_grouped, variant_order
 from cprec_recbole.llm.loop import (
+    STATE,
     LoopArguments,
     Plan,
     TrainLoop,
     batch_steps,
     checkpoints,
+    clock,
     mixed_precision,
 )
 from cprec_recbole.llm.sft import trainable_state
@@ -31,6 +34,8 @@ from cprec_recbole.quick_start import run
 from tests.conftest import REPO, cyclic_sequences, write_dataset
 from tests.llm_fixtures import LORA_DEFAULTS, tiny_backbone
 
+TOKENS = torch.randint(3, 40, (8, 6), generator=torch.Generator().manual_seed(0))
+HALVED = Plan(batch_steps(range(8), 2, 1), checkpoints={2: ["half"]})  # 4 steps, checkpoint at 2
 PHASE = np.array([0] * 40 + [1] * 10)  # 40 domain-specific then 10 mixed corpus rows
 
 
@@ -319,30 +324,59 @@ def test_a_compiled_loop_trains_as_eager_does_and_resumes_bit_identically(tmp_pa
     """``compile: true`` (the cpu profile) changes kernels, not what is computed: the same
     weights as eager within bf16 rounding, and a run resumed from a checkpoint by a new loop
     (a new process compiles anew) ends exactly where an uninterrupted one does."""
-    data = torch.randint(3, 40, (8, 6))
-    plan = Plan(batch_steps(range(8), 2, 1), checkpoints={2: ["half"]})
-
-    def train(folder: Path, compile: bool, steps: Plan) -> tuple[dict, TrainLoop]:
-        base, _ = tiny_backbone()
-        torch.manual_seed(0)
-        lora = {**LORA_DEFAULTS, "lora_r": 4, "lora_alpha": 8, "lora_dropout": 0.0}
-        model = add_lora(base.to(torch.bfloat16), lora)
-        optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-        args = LoopArguments("t", show_progress=False, autocast=True, compile=compile)
-        loop = TrainLoop(model, None, optimizer, scheduler, folder, args)
-        loop.run(steps, lambda step, ids: model(input_ids=data[ids], labels=data[ids]).loss)
-        assert all("forward" not in vars(layer) for layer in model.base_model.model.model.layers)
-        return trainable_state(model, None)["lora"], loop
-
-    eager, eager_loop = train(tmp_path / "eager", False, plan)
-    whole, loop = train(tmp_path / "whole", True, plan)
+    eager, eager_loop = _train_tiny(tmp_path / "eager", False, HALVED)
+    whole, loop = _train_tiny(tmp_path / "whole", True, HALVED)
     assert loop.losses == pytest.approx(eager_loop.losses, rel=1e-2)
     assert eager.keys() == whole.keys()  # weights drift apart by Adam's sign of tiny gradients
-    train(tmp_path / "killed", True, Plan(plan.steps[:2], plan.checkpoints))
+    _train_tiny(tmp_path / "killed", True, Plan(HALVED.steps[:2], HALVED.checkpoints))
     assert [steps for steps, _ in checkpoints(tmp_path / "killed" / "checkpoints")] == [2]
-    resumed, loop = train(tmp_path / "killed", True, plan)
+    resumed, loop = _train_tiny(tmp_path / "killed", True, HALVED)
     assert loop.steps_done == 4 and all(torch.equal(whole[k], resumed[k]) for k in whole)
+
+
+def test_a_resumed_loop_logs_the_rate_since_it_resumed_and_the_time_left(tmp_path, caplog):
+    """A run resumed after hours elsewhere (here: a checkpoint that says it trained for a
+    million seconds) logs the speed it trains at now, not its mean since the first step."""
+    _train_tiny(tmp_path, False, Plan(HALVED.steps[:2], HALVED.checkpoints))
+    state = tmp_path / "checkpoints" / "half" / STATE
+    torch.save({**torch.load(state, weights_only=False), "train_time": 1e6}, state)
+    caplog.set_level("INFO", logger="cprec_recbole.llm.loop")
+    caplog.clear()  # the first run's lines, where an earlier test left the logger at INFO
+    _train_tiny(tmp_path, False, HALVED)
+    lines = [r.getMessage() for r in caplog.records if ": step " in r.getMessage()]
+    assert [line.split(", loss")[0] for line in lines] == [
+        "t: step 3/4, 6/8 samples",
+        "t: step 4/4, 8/8 samples",
+    ]
+    rates = [float(re.search(r"([\d.]+) samples/s", line)[1]) for line in lines]
+    assert min(rates) > 1  # 2 samples over a step's milliseconds; the mean since step 1 is 0.00
+    assert lines[-1].endswith("samples/s, 0m00s left")
+
+
+def test_clock_reads_as_hours_and_minutes_or_minutes_and_seconds():
+    assert [clock(s) for s in (0, 247, 3599.6, 3900, 90061)] == [
+        "0m00s",
+        "4m07s",
+        "1h00m",
+        "1h05m",
+        "25h01m",
+    ]
+
+
+def _train_tiny(folder: Path, compile: bool, plan: Plan) -> tuple[dict, TrainLoop]:
+    """Train a LoRA tiny Llama over :data:`HALVED`'s batches of :data:`TOKENS`, from the
+    folder's last checkpoint if it has one; its LoRA weights and the loop."""
+    base, _ = tiny_backbone()
+    torch.manual_seed(0)
+    lora = {**LORA_DEFAULTS, "lora_r": 4, "lora_alpha": 8, "lora_dropout": 0.0}
+    model = add_lora(base.to(torch.bfloat16), lora)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    args = LoopArguments("t", show_progress=False, autocast=True, compile=compile)
+    loop = TrainLoop(model, None, optimizer, scheduler, folder, args)
+    loop.run(plan, lambda step, ids: model(input_ids=TOKENS[ids], labels=TOKENS[ids]).loss)
+    assert all("forward" not in vars(layer) for layer in model.base_model.model.model.layers)
+    return trainable_state(model, None)["lora"], loop
 
 
 def test_compile_without_a_cpp_compiler_is_refused_before_training(monkeypatch):

@@ -280,6 +280,13 @@ class LoopArguments:
         )
 
 
+def clock(seconds: float) -> str:
+    """``1h05m`` or ``4m07s``: a wall time as a log line reads best."""
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
 class TrainLoop:
     """Runs a :class:`Plan` with checkpoints under ``<folder>/checkpoints/``.
 
@@ -307,6 +314,7 @@ class TrainLoop:
         self.steps_done, self.losses, self.stopped = 0, [], False
         self.logged_losses = 0
         self.train_time = 0.0
+        self.logged_at = (0.0, 0)  # (train_time, steps_done) at the last log line or resume
 
     # ------------------------------------------------------------------ checkpoints
     def checkpoint(self, name: str) -> Path:
@@ -362,6 +370,7 @@ class TrainLoop:
         self.steps_done, self.losses = saved["steps_done"], list(saved["losses"])
         self.logged_losses = len(self.losses)
         self.stopped, self.train_time = saved["stopped"], saved["train_time"]
+        self.logged_at = (self.train_time, self.steps_done)
 
     def _drop_rolling(self, keep: Path | None = None) -> None:
         if not distributed.is_main():
@@ -452,19 +461,25 @@ class TrainLoop:
         self.losses += losses.tolist()
 
     def _log(self, plan: Plan) -> None:
-        done = plan.samples_done(self.steps_done)
+        """A line per tenth of training; its rate is over the samples since the last line (or
+        the resume), so a run that shares the machine or resumes on another one shows the speed
+        it has now, and how long the rest takes at that speed."""
+        done, total = plan.samples_done(self.steps_done), plan.samples_done(len(plan.steps))
         recent = self.losses[self.logged_losses :] or self.losses[-1:]  # since the last line
-        self.logged_losses = len(self.losses)
+        since_time, since_step = self.logged_at
+        rate = (done - plan.samples_done(since_step)) / max(self.train_time - since_time, 1e-9)
+        self.logged_losses, self.logged_at = len(self.losses), (self.train_time, self.steps_done)
         logger.info(
-            "%s: step %d/%d, %d/%d samples, loss %.4f, lr %.3e, %.2f samples/s",
+            "%s: step %d/%d, %d/%d samples, loss %.4f, lr %.3e, %.2f samples/s, %s left",
             self.args.name,
             self.steps_done,
             len(plan.steps),
             done,
-            plan.samples_done(len(plan.steps)),
+            total,
             float(np.mean(recent)),
             self.scheduler.get_last_lr()[0],
-            done / max(self.train_time, 1e-9),
+            rate,
+            clock((total - done) / max(rate, 1e-9)),
         )
 
     def _maybe_checkpoint(self, plan: Plan, on_checkpoint) -> None:
