@@ -23,3 +23,10 @@ def setup_logging(log_dir: Path, name: str) -> Path:
         root.addHandler(handler)
     root.setLevel(logging.INFO)
     return path
+
+
+def clock(seconds: float) -> str:
+    """``1h05m`` or ``4m07s``: a wall time as a log line or a plan reads best."""
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"

@@ -39,6 +39,7 @@ from typing import Any
 from cprec_recbole import distributed
 from cprec_recbole.errors import CheckpointError, ConfigError
 from cprec_recbole.io import write_json
+from cprec_recbole.logs import clock
 from cprec_recbole.run_config import RunConfig, reading, tracked
 
 logger = logging.getLogger(__name__)
@@ -87,11 +88,21 @@ def _state(folder: Path) -> str:
     cursors = sorted(folder.glob("checkpoints/*/cursor.json"), key=lambda p: p.stat().st_mtime)
     if cursors:
         try:
-            done = f"{json.loads(cursors[-1].read_text())['steps_done']} steps done"
+            done = progress(json.loads(cursors[-1].read_text()))
         except (ValueError, KeyError, TypeError):
             done = "its cursor.json is unreadable"
         return f"partial (checkpoint {cursors[-1].parent.name}: {done})"
     return "partial (no checkpoint: rebuilt from scratch)"
+
+
+def progress(cursor: Mapping[str, Any]) -> str:
+    """How far a checkpoint's cursor says training got and, where it records the plan's steps
+    and the time trained (checkpoints since session 27), how long the rest takes at that rate."""
+    done, total, seconds = (cursor.get(k) for k in ("steps_done", "total_steps", "train_time_s"))
+    if not total or not seconds or not done:
+        return f"{int(done)} steps done"
+    left = seconds * (total - done) / done
+    return f"{done}/{total} steps done in {clock(seconds)}, ~{clock(left)} left at that rate"
 
 
 def _readable_manifest(folder: Path) -> dict | None:

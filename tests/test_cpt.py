@@ -26,10 +26,10 @@ from cprec_recbole.llm.loop import (
     TrainLoop,
     batch_steps,
     checkpoints,
-    clock,
     mixed_precision,
 )
 from cprec_recbole.llm.sft import trainable_state
+from cprec_recbole.logs import clock
 from cprec_recbole.quick_start import run
 from tests.conftest import REPO, cyclic_sequences, write_dataset
 from tests.llm_fixtures import LORA_DEFAULTS, tiny_backbone
@@ -454,6 +454,7 @@ def test_plan_shows_a_partly_built_cprec_cached_partial_and_to_build_and_writes_
     for stage in ("data", "rec_model", "corpus"):
         assert " cached " in rows[stage]
     assert "partial (checkpoint annealing: " in rows["cpt"]
+    assert re.search(r": (\d+)/\1 steps done in 0m\d\ds, ~0m00s left at that rate\)", rows["cpt"])
     assert " to build " in rows["sft"] and " to build " in rows["eval"]
     wall = json.loads(next(saved.glob("sft/*/manifest.json")).read_text())["wall_time_s"]
     assert f" {wall:.1f} " in rows["sft"]  # the last SFT build's wall time, for an estimate

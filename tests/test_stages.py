@@ -11,7 +11,7 @@ from cprec_recbole.cli import main
 from cprec_recbole.errors import ConfigError
 from cprec_recbole.llm.loop import checkpoints
 from cprec_recbole.run_config import RunConfig, UndeclaredKeyError
-from cprec_recbole.stages import MANIFEST, Stage, StageError, run_stage
+from cprec_recbole.stages import MANIFEST, Stage, StageError, progress, run_stage
 
 
 def _write(folder: Path, config: RunConfig) -> dict:
@@ -122,3 +122,9 @@ def test_a_truncated_sasrec_checkpoint_ends_the_cli_with_one_line(tiny_overrides
     last = err.strip().splitlines()[-1]
     assert last.startswith("error: stage rec_model: the cached ") and "Traceback" not in err
     assert "model.pth has 10 bytes" in last and "--force=rec_model" in last
+
+
+def test_a_checkpoints_progress_says_how_long_the_rest_takes_at_its_rate():
+    cursor = {"steps_done": 720, "total_steps": 1414, "train_time_s": 4814.1, "world_size": 1}
+    assert progress(cursor) == "720/1414 steps done in 1h20m, ~1h17m left at that rate"
+    assert progress({"steps_done": 7, "world_size": 1}) == "7 steps done"  # before session 27

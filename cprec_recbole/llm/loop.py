@@ -44,6 +44,7 @@ from tqdm import tqdm
 from cprec_recbole import distributed
 from cprec_recbole.errors import CheckpointError, ConfigError
 from cprec_recbole.io import write_atomic_dir
+from cprec_recbole.logs import clock
 from cprec_recbole.stages import peak_memory_mb
 
 logger = logging.getLogger(__name__)
@@ -280,13 +281,6 @@ class LoopArguments:
         )
 
 
-def clock(seconds: float) -> str:
-    """``1h05m`` or ``4m07s``: a wall time as a log line reads best."""
-    minutes, secs = divmod(round(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
-
-
 class TrainLoop:
     """Runs a :class:`Plan` with checkpoints under ``<folder>/checkpoints/``.
 
@@ -312,6 +306,7 @@ class TrainLoop:
         self.args, self.state = args, state
         self.compiled = CompiledDecoder(model, args.compile)
         self.steps_done, self.losses, self.stopped = 0, [], False
+        self.total_steps = 0  # the plan's, once run() has one (for the cursor: --plan's time left)
         self.logged_losses = 0
         self.train_time = 0.0
         self.logged_at = (0.0, 0)  # (train_time, steps_done) at the last log line or resume
@@ -342,7 +337,12 @@ class TrainLoop:
             },
             tmp / STATE,
         )
-        cursor = {"steps_done": self.steps_done, "world_size": distributed.world_size()}
+        cursor = {
+            "steps_done": self.steps_done,
+            "total_steps": self.total_steps,
+            "train_time_s": round(self.train_time, 1),
+            "world_size": distributed.world_size(),
+        }
         (tmp / CURSOR).write_text(json.dumps(cursor))
 
     def latest(self) -> Path | None:
@@ -388,6 +388,7 @@ class TrainLoop:
     ) -> dict[str, Any]:
         """Train from the newest checkpoint (or the start) to the end of ``plan``."""
         distributed.barrier()  # checkpoints rank 0 copied in before (a shared prefix) are whole
+        self.total_steps = len(plan.steps)
         latest = self.latest()
         if latest is not None:
             self.restore(latest)
