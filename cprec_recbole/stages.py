@@ -89,7 +89,7 @@ def _state(folder: Path) -> str:
     if cursors:
         try:
             done = progress(json.loads(cursors[-1].read_text()))
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, AttributeError):  # not JSON, not an object
             done = "its cursor.json is unreadable"
         return f"partial (checkpoint {cursors[-1].parent.name}: {done})"
     return "partial (no checkpoint: rebuilt from scratch)"

@@ -11,7 +11,7 @@ from cprec_recbole.cli import main
 from cprec_recbole.errors import ConfigError
 from cprec_recbole.llm.loop import checkpoints
 from cprec_recbole.run_config import RunConfig, UndeclaredKeyError
-from cprec_recbole.stages import MANIFEST, Stage, StageError, progress, run_stage
+from cprec_recbole.stages import MANIFEST, Stage, StageError, planning, progress, run_stage
 
 
 def _write(folder: Path, config: RunConfig) -> dict:
@@ -81,6 +81,11 @@ def test_a_damaged_checkpoint_cursor_names_the_checkpoint_and_the_stage_to_rebui
     (folder / MANIFEST).unlink()  # a partial stage, killed after checkpoint 7
     cursor = folder / "checkpoints" / "rolling-7" / "cursor.json"
     cursor.parent.mkdir(parents=True)
+    for damage in ('{"steps_done": 7', "[7]"):
+        cursor.write_text(damage)
+        with planning() as plan:
+            run_stage(stage, config)
+        assert plan[0].state == "partial (checkpoint rolling-7: its cursor.json is unreadable)"
     cursor.write_text('{"steps_done": 7')
     with pytest.raises(StageError) as error:
         run_stage(stage, config)
