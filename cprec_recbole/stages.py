@@ -89,7 +89,7 @@ def _state(folder: Path) -> str:
     if cursors:
         try:
             done = progress(json.loads(cursors[-1].read_text()))
-        except (ValueError, KeyError, TypeError, AttributeError):  # not JSON, not an object
+        except (ValueError, KeyError, TypeError):  # not JSON, not an object, no steps_done
             done = "its cursor.json is unreadable"
         return f"partial (checkpoint {cursors[-1].parent.name}: {done})"
     return "partial (no checkpoint: rebuilt from scratch)"
@@ -98,9 +98,10 @@ def _state(folder: Path) -> str:
 def progress(cursor: Mapping[str, Any]) -> str:
     """How far a checkpoint's cursor says training got and, where it records the plan's steps
     and the time trained (checkpoints since session 27), how long the rest takes at that rate."""
-    done, total, seconds = (cursor.get(k) for k in ("steps_done", "total_steps", "train_time_s"))
-    if not total or not seconds or not done:
-        return f"{int(done)} steps done"
+    done = int(cursor["steps_done"])
+    total, seconds = cursor.get("total_steps"), cursor.get("train_time_s")
+    if not (total and seconds and done):
+        return f"{done} steps done"
     left = seconds * (total - done) / done
     return f"{done}/{total} steps done in {clock(seconds)}, ~{clock(left)} left at that rate"
 
